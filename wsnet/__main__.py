@@ -1,0 +1,5 @@
+import sys
+
+from wsnet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""Deadlines for a single-threaded loop: a heap with lazy cancellation.
+
+Cancelling marks the entry dead instead of searching the heap for it; dead
+entries are skipped when they reach the top, and the heap is rebuilt when they
+outnumber the live ones, so memory follows the live timers. Nothing here reads a
+clock: callers pass ``now``, which keeps this testable with a fake clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable
+
+__all__ = ["Timer", "Timers", "next_tick"]
+
+
+class Timer:
+    """One scheduled call. ``cancel()`` is O(1); the heap forgets it lazily."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Timers:
+    """A min-heap of Timers ordered by deadline, ties by insertion order."""
+
+    __slots__ = ("_heap", "_seq", "_dead")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = 0
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._heap) - self._dead
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer:
+        timer = Timer(when, callback)
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, timer))
+        return timer
+
+    def cancel(self, timer: Timer | None) -> None:
+        """Cancel a timer this heap holds (None and repeats are no-ops)."""
+        if timer is None or timer.cancelled:
+            return
+        timer.cancelled = True
+        self._dead += 1
+        if self._dead > 64 and self._dead * 2 > len(self._heap):
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+            self._dead -= 1
+        return heap[0][0] if heap else None
+
+    def pop_due(self, now: float) -> list[Timer]:
+        """Remove and return the live timers due at ``now``, earliest first.
+
+        Timers scheduled by their own callbacks for ``now`` or earlier wait for the
+        next call, so a callback that re-arms itself cannot starve the loop.
+        """
+        heap = self._heap
+        due: list[Timer] = []
+        while heap and heap[0][0] <= now:
+            timer = heapq.heappop(heap)[2]
+            if timer.cancelled:
+                self._dead -= 1
+            else:
+                timer.cancelled = True  # fired: a later cancel() must not count it
+                due.append(timer)
+        return due
+
+
+def next_tick(origin: float, period: float, now: float) -> float:
+    """The first point of the grid ``origin + k * period`` strictly after ``now``.
+
+    Ticks stay on the grid however late a turn runs (no drift), and missed ticks
+    are skipped rather than fired in a burst.
+    """
+    k = math.floor((now - origin) / period) + 1
+    return origin + k * period

@@ -1,0 +1,92 @@
+"""HTTP/1.1 values shared by the upgrade decision and the server: requests as the
+application sees them, and the responses we write.
+
+Responses are rendered by hand rather than through h11 because we send them in
+states h11 refuses (after its parser has failed on a malformed request), always
+with ``Connection: close``: wsnet serves one plain request per connection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+__all__ = ["Request", "Response", "render_response", "text_response", "json_response"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request head, decoded for applications.
+
+    Header names are lower-case; values are decoded as Latin-1, so any byte a
+    peer sends survives and nothing raises on non-ASCII input.
+    """
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    http_version: str = "1.1"
+    peer: tuple[str, int] | None = None
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters; the first value wins for repeats."""
+        _, _, qs = self.target.partition("?")
+        return {k: v[0] for k, v in parse_qs(qs, keep_blank_values=True).items()}
+
+    def header(self, name: str) -> str | None:
+        """All values of one header joined by ", " (RFC 9110 §5.3), or None."""
+        name = name.lower()
+        values = [v for k, v in self.headers if k == name]
+        return ", ".join(values) if values else None
+
+    def header_values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+    def header_tokens(self, name: str) -> list[str]:
+        """A comma-separated header as lower-case tokens."""
+        tokens: list[str] = []
+        for value in self.header_values(name):
+            tokens.extend(t.strip().lower() for t in value.split(",") if t.strip())
+        return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete HTTP response for a plain request or a refused upgrade."""
+
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+def text_response(status: int, text: str, *headers: tuple[str, str]) -> Response:
+    return Response(status, (text + "\n").encode(), headers=headers)
+
+
+def json_response(status: int, value: object) -> Response:
+    body = json.dumps(value, separators=(",", ":")).encode()
+    return Response(status, body, content_type="application/json")
+
+
+def render_response(response: Response, *, head_only: bool = False) -> bytes:
+    """The response's bytes, always closing the connection after it."""
+    try:
+        reason = HTTPStatus(response.status).phrase
+    except ValueError:
+        reason = ""
+    lines = [f"HTTP/1.1 {response.status} {reason}"]
+    lines.append(f"Content-Type: {response.content_type}")
+    lines.append(f"Content-Length: {len(response.body)}")
+    lines.append("Connection: close")
+    lines.extend(f"{name}: {value}" for name, value in response.headers)
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + response.body

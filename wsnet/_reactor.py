@@ -1,0 +1,377 @@
+"""The only module that touches sockets and selectors.
+
+A single-threaded loop in the shape of curio's kernel: sleep in ``select`` until
+the next deadline, dispatch readiness, run due timers, flush. It moves bytes and
+fires timers; every decision about those bytes is the protocol's (``server.py``).
+
+Write path (DESIGN §1): protocols append to a channel's ``Outbox`` and mark it
+dirty; the flush tick writes each dirty outbox with one ``send``/``sendmsg``. Only a
+partial write registers the socket for writability, and draining unregisters it.
+A channel whose outbox is over the high-water mark is not read from.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from wsnet._clock import Timer, Timers, next_tick
+from wsnet._outbox import Outbox
+
+__all__ = ["Channel", "Reactor", "ReactorProtocol"]
+
+log = logging.getLogger("wsnet")
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+_RECV_BYTES = 64 * 1024
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+#: accept() failures that mean "out of descriptors or memory right now".
+_ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: accept() failures about one connection that died in the queue: skip it.
+_ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+
+
+class Channel:
+    """A connected socket as the reactor sees it. Protocols subclass it."""
+
+    __slots__ = ("sock", "outbox", "mask", "dirty", "blocked", "linger", "dead")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.outbox = Outbox()
+        self.mask = 0  # selector interest currently registered
+        self.dirty = False  # in the reactor's flush list
+        self.blocked = False  # the kernel refused part of the last write
+        self.linger = False  # shut our side once drained, then wait for EOF
+        self.dead = False  # socket closed
+
+
+class ReactorProtocol(Protocol):
+    """What the reactor calls; ``server.Server`` implements it."""
+
+    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel: ...
+    def data_received(self, ch: Channel, data: bytes) -> None: ...
+    def eof_received(self, ch: Channel) -> None: ...
+    def connection_lost(self, ch: Channel, exc: OSError | None) -> None: ...
+    def tick(self) -> None: ...
+
+
+class Reactor:
+    """Owns the selector, the listening socket, timers and every channel's I/O."""
+
+    def __init__(
+        self,
+        protocol: ReactorProtocol,
+        *,
+        flush_interval: float,
+        high_water: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.protocol = protocol
+        self.clock = clock
+        self.timers = Timers()
+        self.flush_interval = flush_interval
+        self.high_water = high_water
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._dirty: list[Channel] = []
+        self._origin = clock()
+        self._tick_timer: Timer | None = None
+        self._accept_backoff = 0.0
+        self._running = False
+        self._stop_requested = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, READ, self._on_wakeup)
+        self.on_stop_request: Callable[[], None] | None = None
+
+    # -- timers --------------------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
+        return self.timers.call_at(self.clock() + delay, callback)
+
+    def cancel(self, timer: Timer | None) -> None:
+        self.timers.cancel(timer)
+
+    # -- listening -----------------------------------------------------------
+
+    def listen(self, host: str, port: int, backlog: int) -> tuple[str, int]:
+        """Bind and listen; raises OSError (EADDRINUSE, ...) to the caller."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, READ, self._on_accept)
+        bound = sock.getsockname()
+        return bound[0], bound[1]
+
+    def stop_listening(self) -> None:
+        if self._listener is not None:
+            self._unregister_quietly(self._listener)
+            self._listener.close()
+            self._listener = None
+
+    def _on_accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        while True:
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _ACCEPT_EXHAUSTED:
+                    self._pause_accepting(exc)
+                    return
+                if exc.errno in _ACCEPT_TRANSIENT:
+                    continue
+                raise
+            self._accept_backoff = 0.0
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # the peer already left
+                sock.close()
+                continue
+            ch = self.protocol.connection_made(sock, peer[:2])
+            self._set_mask(ch, READ)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: stop accepting for a while instead of spinning.
+
+        The queued connections wait in the kernel backlog; we retry with a
+        doubling delay (0.1 s to 2 s) and log once per episode.
+        """
+        if self._accept_backoff == 0.0:
+            log.warning("accept failed (%s): pausing new connections", os.strerror(exc.errno or 0))
+        self._accept_backoff = min(2.0, max(0.1, self._accept_backoff * 2))
+        listener = self._listener
+        if listener is None:
+            return
+        self._unregister_quietly(listener)
+
+        def resume() -> None:
+            if self._listener is listener:
+                self._sel.register(listener, READ, self._on_accept)
+                self._on_accept()
+
+        self.call_later(self._accept_backoff, resume)
+
+    # -- channel I/O ---------------------------------------------------------
+
+    def _set_mask(self, ch: Channel, want: int) -> None:
+        have = ch.mask
+        if want == have or ch.dead:
+            return
+        if have == 0:
+            self._sel.register(ch.sock, want, ch)
+        elif want == 0:
+            self._sel.unregister(ch.sock)
+        else:
+            self._sel.modify(ch.sock, want, ch)
+        ch.mask = want
+
+    def _update_mask(self, ch: Channel) -> None:
+        want = WRITE if ch.blocked else 0
+        if ch.linger or ch.outbox.nbytes <= self.high_water:
+            want |= READ
+        self._set_mask(ch, want)
+
+    def mark_dirty(self, ch: Channel) -> None:
+        """Write this channel's outbox at the next flush."""
+        if not ch.dirty and not ch.blocked:
+            ch.dirty = True
+            self._dirty.append(ch)
+
+    def write_now(self, ch: Channel) -> None:
+        """Write at once (handshake responses, close frames)."""
+        if not ch.blocked:
+            self._write(ch)
+
+    def close_after_drain(self, ch: Channel) -> None:
+        """Half-close once the outbox is written, then wait for the peer's EOF.
+
+        Closing with unread input makes the kernel send RST, which can destroy our
+        last bytes in flight (a close frame, an error response) before the peer
+        reads them; shutting down the write side first lets them arrive.
+        """
+        if ch.linger or ch.dead:
+            return
+        ch.linger = True
+        if ch.outbox:
+            self.write_now(ch)
+        else:
+            self._shutdown_write(ch)
+
+    def _shutdown_write(self, ch: Channel) -> None:
+        try:
+            ch.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(ch)
+            return
+        self._update_mask(ch)
+
+    def _write(self, ch: Channel) -> None:
+        if ch.dead:
+            return
+        box = ch.outbox
+        chunks = box.chunks
+        sent = 0
+        if chunks:
+            try:
+                if len(chunks) == 1:
+                    sent = ch.sock.send(chunks[0])
+                else:
+                    sent = ch.sock.sendmsg(chunks[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lost(ch, exc)
+                return
+            box.consume(sent)
+        ch.blocked = bool(box)
+        if not box and ch.linger:
+            self._shutdown_write(ch)
+        else:
+            self._update_mask(ch)
+
+    def _on_readable(self, ch: Channel) -> None:
+        try:
+            data = ch.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(ch, exc)
+            return
+        if data:
+            self.protocol.data_received(ch, data)
+        else:
+            self.protocol.eof_received(ch)
+        if not ch.dead:
+            self._update_mask(ch)
+
+    def _lost(self, ch: Channel, exc: OSError | None) -> None:
+        log.debug("connection lost: %s", exc)
+        self.close(ch)
+        self.protocol.connection_lost(ch, exc)
+
+    def close(self, ch: Channel) -> None:
+        """Close the socket now; queued output is dropped."""
+        if ch.dead:
+            return
+        ch.dead = True
+        if ch.mask:
+            self._unregister_quietly(ch.sock)
+            ch.mask = 0
+        ch.sock.close()
+        ch.outbox.discard()
+
+    def _unregister_quietly(self, sock: socket.socket) -> None:
+        try:
+            self._sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    # -- flushing ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write every dirty outbox once."""
+        dirty, self._dirty = self._dirty, []
+        for ch in dirty:
+            ch.dirty = False
+            if not ch.blocked:
+                self._write(ch)
+
+    def _on_tick(self) -> None:
+        self.protocol.tick()
+        self.flush()
+        self._arm_tick()
+
+    def _arm_tick(self) -> None:
+        if self.flush_interval > 0:
+            when = next_tick(self._origin, self.flush_interval, self.clock())
+            self._tick_timer = self.timers.call_at(when, self._on_tick)
+
+    # -- the loop ------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to call ``on_stop_request`` (safe from signal handlers and
+        other threads)."""
+        self._stop_requested = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def _on_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        if self._stop_requested:
+            self._stop_requested = False
+            if self.on_stop_request is not None:
+                self.on_stop_request()
+
+    def install_signal_handlers(self) -> None:
+        """SIGINT and SIGTERM request a graceful stop (main thread only)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda _s, _f: self.request_stop())
+
+    def run(self, until: Callable[[], bool]) -> None:
+        """Run until ``until()`` is true (checked once per turn)."""
+        sel = self._sel
+        timers = self.timers
+        clock = self.clock
+        self._arm_tick()
+        while not until():
+            deadline = timers.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - clock())
+            for key, mask in sel.select(timeout):
+                data = key.data
+                try:
+                    if isinstance(data, Channel):
+                        if mask & WRITE:
+                            self._write(data)
+                        if mask & READ and not data.dead:
+                            self._on_readable(data)
+                    else:
+                        data()
+                except Exception:
+                    log.exception("internal error while serving a connection")
+                    if isinstance(data, Channel):
+                        self._lost(data, None)
+            for timer in timers.pop_due(clock()):
+                try:
+                    timer.callback()
+                except Exception:
+                    log.exception("internal error in a timer")
+            if self.flush_interval == 0:
+                self.protocol.tick()
+                self.flush()
+        self.timers.cancel(self._tick_timer)
+
+    def close_all(self) -> None:
+        self.stop_listening()
+        self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()

@@ -1,0 +1,233 @@
+"""One WebSocket connection after the upgrade, without sockets.
+
+Bytes go in through ``receive``; whole messages come out; every byte to send
+(pongs, close frames, data) is appended to ``out``, the connection's outbox, for
+the reactor to write. wsproto parses frames; this class adds what wsproto leaves
+to its user (DESIGN §4): answering pings and closes, a bound on message size, and
+turning a parser failure into the close frame the RFC asks for.
+"""
+
+from __future__ import annotations
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason
+
+from wsnet._deflate import Deflate, DeflateParams
+from wsnet._frames import Outgoing
+from wsnet._outbox import Outbox
+
+__all__ = ["Session", "CloseCode"]
+
+CloseCode = CloseReason
+_OPEN = ConnectionState.OPEN
+_LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
+_CLOSED = ConnectionState.CLOSED
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+class Session:
+    """The WebSocket half of a connection: wsproto plus limits and replies."""
+
+    __slots__ = (
+        "_ws",
+        "_deflate",
+        "_level",
+        "_min_deflate",
+        "_max_message",
+        "_parts",
+        "_size",
+        "out",
+        "close_code",
+        "close_reason",
+        "parser_dead",
+        "pong_seen",
+    )
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        max_message_bytes: int,
+        deflate: DeflateParams | None = None,
+        deflate_level: int = 6,
+        deflate_min_bytes: int = 128,
+    ) -> None:
+        extensions = [Deflate(deflate, max_message_bytes, deflate_level)] if deflate else []
+        self._ws = Connection(ConnectionType.SERVER, extensions=extensions)  # type: ignore[arg-type]
+        self._deflate = deflate
+        self._level = deflate_level
+        self._min_deflate = deflate_min_bytes
+        self._max_message = max_message_bytes
+        self._parts: list[str] | list[bytes] | None = None
+        self._size = 0
+        #: Where our bytes go: the connection's outbox, shared with the reactor.
+        self.out = outbox
+        #: Set once, when the session stops being open: the code the peer sent,
+        #: the code we sent, or 1006 when the transport went away without one.
+        self.close_code: int | None = None
+        self.close_reason = ""
+        #: After a protocol error the parser reads nothing more: do not wait for
+        #: the peer's close frame, just drain and shut the socket.
+        self.parser_dead = False
+        self.pong_seen = False
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws.state is _OPEN
+
+    @property
+    def closing_done(self) -> bool:
+        """Nothing more to read: the close handshake ended, or cannot."""
+        state = self._ws.state
+        return state is _CLOSED or (self.parser_dead and state is not _OPEN)
+
+    @property
+    def deflate(self) -> DeflateParams | None:
+        return self._deflate
+
+    # -- output --------------------------------------------------------------
+
+    def _push(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def frame_for(self, message: Outgoing) -> bytes:
+        """The encoding of a message this peer can read, shared where possible."""
+        params = self._deflate
+        if params is not None and len(message) >= self._min_deflate:
+            return message.deflated(params.server_window_bits, self._level)
+        return message.plain()
+
+    def send(self, message: Outgoing) -> bool:
+        """Queue a message; False (nothing queued) unless the session is open."""
+        if self._ws.state is not _OPEN:
+            return False
+        self._push(self.frame_for(message))
+        return True
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Queue an already-encoded frame made by ``frame_for`` for this peer."""
+        if self._ws.state is not _OPEN:
+            return False
+        self._push(frame)
+        return True
+
+    def ping(self, payload: bytes = b"") -> None:
+        if self._ws.state is _OPEN:
+            self.pong_seen = False
+            self._push(self._ws.send(Ping(payload=payload)))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (no-op unless open)."""
+        if self._ws.state is not _OPEN:
+            return
+        self._push(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self._finish(code, reason)
+
+    def _finish(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = int(code)
+            self.close_reason = reason
+
+    # -- input ---------------------------------------------------------------
+
+    def receive(self, data: bytes | None) -> list[str | bytes]:
+        """Feed bytes from the peer (None at EOF); return the messages completed.
+
+        Never raises on remote input: every violation ends in a close frame with
+        the RFC's code, recorded in ``close_code``.
+        """
+        ws = self._ws
+        state = ws.state
+        if state is _CLOSED or self.parser_dead:
+            return []
+        if data is None:
+            ws.receive_data(None)
+            self._finish(CloseReason.ABNORMAL_CLOSURE, "")
+            return []
+        ws.receive_data(data)
+        messages: list[str | bytes] = []
+        for event in ws.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                done = self._reassemble(event)
+                if done is not None:
+                    messages.append(done)
+                elif self.close_code is not None:
+                    break
+            elif isinstance(event, Ping):
+                if ws.state is _OPEN:
+                    self._push(ws.send(event.response()))
+            elif isinstance(event, Pong):
+                self.pong_seen = True
+            elif isinstance(event, CloseConnection):
+                self._on_close(event)
+                break
+        return messages
+
+    def _on_close(self, event: CloseConnection) -> None:
+        ws = self._ws
+        state = ws.state
+        if state is ConnectionState.REMOTE_CLOSING:
+            # The peer started the handshake: echo its code (RFC 6455 §5.5.1).
+            self._push(ws.send(event.response()))
+            self._finish(event.code, event.reason or "")
+        elif state is _OPEN:
+            # wsproto found a protocol violation; its parser is now dead and it
+            # leaves the state OPEN. Fail the connection (§7.1.7).
+            self.fail(event.code, _public_reason(event.code))
+        elif state is _LOCAL_CLOSING:
+            self.parser_dead = True  # garbage after our close: stop reading
+        # CLOSED: the answer to our close frame; close_code is already set.
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Close with ``code`` and stop reading: _Fail the WebSocket Connection_."""
+        self.parser_dead = True
+        self._parts = None
+        self.close(code, reason)
+
+    def _reassemble(self, event: TextMessage | BytesMessage) -> str | bytes | None:
+        if self._ws.state is not _OPEN:
+            return None  # data after a close frame is discarded
+        chunk = event.data
+        size = self._size + (_utf8_len(chunk) if isinstance(chunk, str) else len(chunk))
+        if size > self._max_message:
+            self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            return None
+        parts = self._parts
+        if event.message_finished:
+            self._parts = None
+            self._size = 0
+            if not parts:
+                return chunk if isinstance(chunk, str) else bytes(chunk)
+            parts.append(chunk)  # type: ignore[arg-type]
+            return "".join(parts) if isinstance(chunk, str) else b"".join(parts)  # type: ignore[arg-type]
+        if parts is None:
+            self._parts = parts = []
+        parts.append(chunk)  # type: ignore[arg-type]
+        self._size = size
+        return None
+
+
+_REASONS = {
+    CloseReason.PROTOCOL_ERROR: "protocol error",
+    CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid payload data",
+    CloseReason.MESSAGE_TOO_BIG: "message too big",
+    CloseReason.POLICY_VIOLATION: "policy violation",
+}
+
+
+def _public_reason(code: int) -> str:
+    """A reason phrase for the wire: wsproto's own texts may echo peer input."""
+    reason: str = _REASONS.get(code, "")  # type: ignore[call-overload]
+    return reason

@@ -1,0 +1,167 @@
+"""The HTTP side of a connection, without sockets: read one request with h11 and
+decide what it gets — a WebSocket (101), or a complete HTTP response.
+
+``decide_upgrade`` is a pure function from a request to a decision, so the whole
+table of RFC 6455 §4.2.1 checks is tested without I/O. ``HttpReader`` feeds h11
+and, once the 101 is sent, hands over the bytes that arrived behind the request
+(an eager client's first frames), which must reach the WebSocket parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+import h11
+
+from wsnet._deflate import DeflateParams, negotiate
+from wsnet._http import Request, Response, text_response
+
+__all__ = ["Accept", "HttpReader", "accept_token", "decide_upgrade", "is_upgrade"]
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_VERSION_HEADER = ("Sec-WebSocket-Version", "13")
+
+
+def accept_token(key: str | bytes) -> str:
+    """``Sec-WebSocket-Accept`` for a key (RFC 6455 §4.2.2, step 5.4)."""
+    raw = key.encode("latin-1") if isinstance(key, str) else key
+    return base64.b64encode(hashlib.sha1(raw + _GUID).digest()).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """The upgrade is accepted: the 101's headers, and the agreed deflate (if any)."""
+
+    headers: tuple[tuple[str, str], ...]
+    deflate: DeflateParams | None
+
+
+def is_upgrade(request: Request) -> bool:
+    """Does the request ask for a protocol switch at all?"""
+    return any(k == "upgrade" for k, _ in request.headers)
+
+
+def _valid_key(values: list[str]) -> bool:
+    if len(values) != 1:
+        return False
+    key = values[0].strip()
+    if len(key) != 24:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def decide_upgrade(
+    request: Request,
+    *,
+    ws_paths: tuple[str, ...] = ("/", "/ws"),
+    deflate: bool = True,
+    impose_client_no_context: bool = True,
+    at_capacity: bool = False,
+) -> Accept | Response:
+    """RFC 6455 §4.2.1 and §4.2.2 for one upgrade request.
+
+    Checks run in a fixed order, and the first failure decides the answer, so an
+    answer says the first thing the client must fix.
+    """
+    if request.method != "GET":
+        return text_response(405, "WebSocket upgrade needs GET", ("Allow", "GET"))
+    if request.path not in ws_paths:
+        return text_response(404, "no WebSocket endpoint at this path")
+    if request.http_version != "1.1":
+        return text_response(400, "WebSocket upgrade needs HTTP/1.1")
+    if request.header("content-length") not in (None, "0") or request.header(
+        "transfer-encoding",
+    ):
+        return text_response(400, "WebSocket upgrade request must not have a body")
+    if "websocket" not in request.header_tokens("upgrade"):
+        return text_response(400, "Upgrade header must name websocket")
+    if "upgrade" not in request.header_tokens("connection"):
+        return text_response(400, "Connection header must contain Upgrade")
+    if request.header("sec-websocket-version") != "13":
+        return text_response(426, "Sec-WebSocket-Version must be 13", _VERSION_HEADER)
+    keys = request.header_values("sec-websocket-key")
+    if not _valid_key(keys):
+        return text_response(400, "Sec-WebSocket-Key must be base64 of 16 bytes")
+    if at_capacity:
+        return text_response(503, "server at connection limit, retry later", ("Retry-After", "5"))
+
+    headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept_token(keys[0].strip())),
+    ]
+    agreed = None
+    if deflate:
+        offers = request.header_values("sec-websocket-extensions")
+        chosen = negotiate(offers, impose_client_no_context) if offers else None
+        if chosen is not None:
+            agreed, header = chosen
+            headers.append(("Sec-WebSocket-Extensions", header))
+    return Accept(tuple(headers), agreed)
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+class HttpReader:
+    """h11 for one request: bytes in, a ``Request`` (or an error response) out."""
+
+    __slots__ = ("_h11", "request")
+
+    def __init__(self, max_header_bytes: int) -> None:
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self.request: Request | None = None
+
+    def feed(
+        self, data: bytes, peer: tuple[str, int] | None = None,
+    ) -> Request | Response | None:
+        """Feed bytes (``b""`` at EOF). Returns the request as soon as its head is
+        complete, a 400/431 response for a broken one, or None while more bytes
+        are needed (or at EOF before a request: then ``closed`` is True).
+        """
+        conn = self._h11
+        try:
+            conn.receive_data(data)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if exc.error_status_hint == 431:
+                return text_response(431, "request header fields too large")
+            return text_response(400, "malformed HTTP request")
+        if type(event) is h11.Request:
+            self.request = Request(
+                method=_decode(event.method),
+                target=_decode(event.target),
+                headers=tuple((_decode(k), _decode(v)) for k, v in event.headers),
+                http_version=_decode(event.http_version),
+                peer=peer,
+            )
+            return self.request
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._h11.their_state in (h11.CLOSED, h11.ERROR)
+
+    def switch(self, accept: Accept) -> tuple[bytes, bytes]:
+        """Send the 101 through h11; return its bytes and the bytes that came
+        after the request, which belong to the WebSocket."""
+        conn = self._h11
+        # decide_upgrade refused bodies, so the end of the message is already here.
+        end = conn.next_event()
+        assert type(end) is h11.EndOfMessage, end
+        head = conn.send(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[(k.encode(), v.encode()) for k, v in accept.headers],
+                reason=b"Switching Protocols",
+            ),
+        )
+        assert head is not None
+        return head, conn.trailing_data[0]

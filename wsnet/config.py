@@ -1,0 +1,122 @@
+"""Every limit, timeout and knob of the server, in one frozen place.
+
+Each default says why it is what it is. A limit that is not here does not exist,
+which is the point: remote peers are bounded by these numbers and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+from dataclasses import dataclass
+
+__all__ = ["Config", "default_max_connections"]
+
+#: Descriptors kept back from ``max_connections`` for the listener, the selector,
+#: log files, a signal pipe and whatever an embedding application opens.
+_RESERVED_FDS = 64
+
+
+def default_max_connections() -> int:
+    """What the process's soft descriptor limit allows, less a reserve."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - _RESERVED_FDS)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Server settings. Build one, or ``Config().replace(port=9000)``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Kernel accept queue; bursts of handshakes (benchmarks, reconnect storms)
+    #: wait here instead of being refused.
+    backlog: int = 1024
+
+    #: Fan-out period. Every outbox is flushed once per tick, so a broadcast costs
+    #: one send per recipient per tick however many messages it holds. 0 flushes at
+    #: the end of every loop turn (lowest latency, one send per message).
+    flush_interval: float = 0.050
+
+    #: Request line plus headers. h11's own default, between nginx's 8 KiB and
+    #: node's 80 KiB: browsers with many cookies fit, floods do not. Past it: 431.
+    max_header_bytes: int = 16 * 1024
+    #: A peer that has not finished its HTTP request by then is dropped.
+    handshake_timeout: float = 10.0
+    #: Paths that accept the WebSocket upgrade.
+    ws_paths: tuple[str, ...] = ("/", "/ws")
+
+    #: Largest message after reassembly and after inflate. Past it: close 1009.
+    max_message_bytes: int = 1 << 20
+    #: Bytes waiting to be sent to one peer. Past it the peer is a slow consumer:
+    #: close 1008 (it can resume from history). Bounds memory per connection.
+    outbox_limit: int = 1 << 20
+    #: Above this many queued bytes the peer is not read from until it drains,
+    #: so a client cannot make us queue replies faster than it takes them.
+    outbox_high_water: int = 256 * 1024
+    #: Upgraded connections allowed at once; beyond it the upgrade gets 503.
+    #: 0 means "what the descriptor limit allows" (see default_max_connections).
+    max_connections: int = 0
+
+    #: Keepalive: a ping after this much silence from us, and a close (1011) if no
+    #: pong arrives within ping_timeout. 0 disables keepalive.
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    #: How long we wait for the peer's close frame, and then for its FIN, before
+    #: dropping the socket ourselves.
+    close_timeout: float = 5.0
+    #: On SIGINT/SIGTERM, how long clients get to answer our 1001 close.
+    shutdown_grace: float = 5.0
+
+    #: permessage-deflate (RFC 7692). The server always imposes
+    #: server_no_context_takeover, so one compressed frame serves every deflate
+    #: peer and no compressor lives between messages.
+    deflate: bool = True
+    #: Also impose client_no_context_takeover, so no inflate state (about 40 KiB of
+    #: zlib window and state) lives between a peer's messages. RFC 7692 §7.1.1.2
+    #: lets the server require it.
+    deflate_client_no_context_takeover: bool = True
+    #: zlib level for outgoing frames: 1..9. Broadcasts are compressed once per
+    #: tick, so a middle level costs little.
+    deflate_level: int = 6
+    #: Payloads shorter than this are sent uncompressed (valid on a deflate
+    #: connection): deflate's sync-flush overhead eats the gain on tiny frames.
+    deflate_min_bytes: int = 128
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append("port must be 0..65535")
+        if self.flush_interval < 0:
+            problems.append("flush_interval must be >= 0")
+        for name in (
+            "max_header_bytes",
+            "max_message_bytes",
+            "outbox_limit",
+            "outbox_high_water",
+            "backlog",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        for name in ("handshake_timeout", "close_timeout", "shutdown_grace"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        if self.ping_interval < 0 or self.ping_timeout < 0:
+            problems.append("ping_interval and ping_timeout must be >= 0")
+        if self.max_connections < 0:
+            problems.append("max_connections must be >= 0")
+        if not 1 <= self.deflate_level <= 9:
+            problems.append("deflate_level must be 1..9")
+        if problems:
+            raise ValueError("invalid Config: " + "; ".join(problems))
+
+    @property
+    def connection_limit(self) -> int:
+        """max_connections with 0 resolved to the descriptor budget."""
+        return self.max_connections or default_max_connections()
