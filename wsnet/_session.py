@@ -9,6 +9,8 @@ turning a parser failure into the close frame the RFC asks for.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
     BytesMessage,
@@ -148,21 +150,27 @@ class Session:
         Never raises on remote input: every violation ends in a close frame with
         the RFC's code, recorded in ``close_code``.
         """
+        return list(self.feed(data))
+
+    def feed(self, data: bytes | None) -> Iterator[str | bytes]:
+        """Like ``receive``, but yields each message before looking at the frames
+        behind it, so that replies to it are queued before a close frame caused
+        by later garbage (the order Autobahn's strict cases check). Exhaust it.
+        """
         ws = self._ws
         state = ws.state
         if state is _CLOSED or self.parser_dead:
-            return []
+            return
         if data is None:
             ws.receive_data(None)
             self._finish(CloseReason.ABNORMAL_CLOSURE, "")
-            return []
+            return
         ws.receive_data(data)
-        messages: list[str | bytes] = []
         for event in ws.events():
             if isinstance(event, (TextMessage, BytesMessage)):
                 done = self._reassemble(event)
                 if done is not None:
-                    messages.append(done)
+                    yield done
                 elif self.close_code is not None:
                     break
             elif isinstance(event, Ping):
@@ -173,7 +181,6 @@ class Session:
             elif isinstance(event, CloseConnection):
                 self._on_close(event)
                 break
-        return messages
 
     def _on_close(self, event: CloseConnection) -> None:
         ws = self._ws

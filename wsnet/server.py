@@ -369,10 +369,9 @@ class Server:
         session = conn.session
         assert session is not None
         on_message = self.handler.on_message
-        for message in session.receive(data):
-            if conn.phase is not OPEN:
-                break
-            self._call_app(conn, on_message, conn, message)
+        for message in session.feed(data):
+            if conn.phase is OPEN:
+                self._call_app(conn, on_message, conn, message)
         self._after_websocket(conn)
 
     def _after_websocket(self, conn: Connection) -> None:
