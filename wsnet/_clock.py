@@ -16,7 +16,7 @@ __all__ = ["Timer", "Timers", "next_tick"]
 
 
 class Timer:
-    """One scheduled call. ``cancel()`` is O(1); the heap forgets it lazily."""
+    """One scheduled call; cancel it with ``Timers.cancel`` (O(1), forgotten lazily)."""
 
     __slots__ = ("when", "callback", "cancelled")
 
@@ -24,9 +24,6 @@ class Timer:
         self.when = when
         self.callback = callback
         self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 class Timers:
@@ -91,4 +88,8 @@ def next_tick(origin: float, period: float, now: float) -> float:
     are skipped rather than fired in a burst.
     """
     k = math.floor((now - origin) / period) + 1
-    return origin + k * period
+    when = origin + k * period
+    while when <= now:  # the division can round down onto ``now`` itself
+        k += 1
+        when = origin + k * period
+    return when

@@ -50,7 +50,7 @@ class Outgoing:
             self.opcode = OP_BINARY
             self.payload = bytes(data)
         self._plain: bytes | None = None
-        self._deflated: dict[int, bytes] | None = None
+        self._deflated: dict[tuple[int, int], bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.payload)
@@ -65,8 +65,8 @@ class Outgoing:
         cache = self._deflated
         if cache is None:
             cache = self._deflated = {}
-        frame = cache.get(window_bits)
+        frame = cache.get((window_bits, level))
         if frame is None:
             body = compress(self.payload, window_bits, level)
-            frame = cache[window_bits] = encode_frame(self.opcode, body, rsv1=True)
+            frame = cache[window_bits, level] = encode_frame(self.opcode, body, rsv1=True)
         return frame

@@ -203,7 +203,7 @@ class Reactor:
 
     def write_now(self, ch: Channel) -> None:
         """Write at once (handshake responses, close frames)."""
-        if not ch.blocked:
+        if ch.outbox and not ch.blocked:
             self._write(ch)
 
     def close_after_drain(self, ch: Channel) -> None:
@@ -224,8 +224,8 @@ class Reactor:
     def _shutdown_write(self, ch: Channel) -> None:
         try:
             ch.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            self.close(ch)
+        except OSError as exc:
+            self._lost(ch, exc)
             return
         self._update_mask(ch)
 

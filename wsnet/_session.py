@@ -171,8 +171,8 @@ class Session:
                 done = self._reassemble(event)
                 if done is not None:
                     yield done
-                elif self.close_code is not None:
-                    break
+                elif self.parser_dead:
+                    break  # the message was too big: nothing more is read
             elif isinstance(event, Ping):
                 if ws.state is _OPEN:
                     self._push(ws.send(event.response()))

@@ -44,6 +44,13 @@ def is_upgrade(request: Request) -> bool:
     return any(k == "upgrade" for k, _ in request.headers)
 
 
+def _declares_body(request: Request) -> bool:
+    if request.header("transfer-encoding") is not None:
+        return True
+    length = request.header("content-length")
+    return length is not None and not (length.isdigit() and int(length) == 0)
+
+
 def _valid_key(values: list[str]) -> bool:
     if len(values) != 1:
         return False
@@ -75,9 +82,7 @@ def decide_upgrade(
         return text_response(404, "no WebSocket endpoint at this path")
     if request.http_version != "1.1":
         return text_response(400, "WebSocket upgrade needs HTTP/1.1")
-    if request.header("content-length") not in (None, "0") or request.header(
-        "transfer-encoding",
-    ):
+    if _declares_body(request):
         return text_response(400, "WebSocket upgrade request must not have a body")
     if "websocket" not in request.header_tokens("upgrade"):
         return text_response(400, "Upgrade header must name websocket")
@@ -106,6 +111,9 @@ def decide_upgrade(
     return Accept(tuple(headers), agreed)
 
 
+_TOO_LARGE = text_response(431, "request header fields too large")
+
+
 def _decode(value: bytes) -> str:
     return value.decode("latin-1")
 
@@ -113,10 +121,12 @@ def _decode(value: bytes) -> str:
 class HttpReader:
     """h11 for one request: bytes in, a ``Request`` (or an error response) out."""
 
-    __slots__ = ("_h11", "request")
+    __slots__ = ("_h11", "_fed", "_max", "request")
 
     def __init__(self, max_header_bytes: int) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._fed = 0
+        self._max = max_header_bytes
         self.request: Request | None = None
 
     def feed(
@@ -127,14 +137,19 @@ class HttpReader:
         are needed (or at EOF before a request: then ``closed`` is True).
         """
         conn = self._h11
+        self._fed += len(data)
         try:
             conn.receive_data(data)
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
-                return text_response(431, "request header fields too large")
+                return _TOO_LARGE
             return text_response(400, "malformed HTTP request")
         if type(event) is h11.Request:
+            # h11 bounds only an incomplete head; one that arrived whole in a
+            # single read is measured here against the same limit.
+            if self._fed - len(conn.trailing_data[0]) > self._max:
+                return _TOO_LARGE
             self.request = Request(
                 method=_decode(event.method),
                 target=_decode(event.target),

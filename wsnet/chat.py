@@ -55,7 +55,7 @@ def parse_command(text: str, default_room: str = LOBBY) -> SendMessage | ChatErr
     default room, so ``socket.send("hello")`` just works.
     """
     command: object = None
-    if text[:1] == "{":
+    if text.lstrip()[:1] == "{":
         try:
             command = json.loads(text)
         except ValueError:

@@ -350,14 +350,13 @@ class Server:
         )
         conn.phase = OPEN
         self._open += 1
-        self.reactor.write_now(conn)
-        if cfg.ping_interval > 0:
-            self._arm(conn, cfg.ping_interval, self._ping)
-        else:
-            self._arm(conn, None, self._ping)
+        self._arm(conn, cfg.ping_interval or None, self._ping)
         conn.request = request
         self._call_app(conn, self.handler.on_open, conn)
         conn.request = None
+        # The 101 (and whatever on_open queued behind it) leaves now. A peer that
+        # is already gone is dropped here, and hears on_close after on_open.
+        self.reactor.write_now(conn)
         if conn.phase is OPEN and trailing:
             self._feed_websocket(conn, trailing)
         else:

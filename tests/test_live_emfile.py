@@ -1,0 +1,74 @@
+"""Out of descriptors: the server pauses accepting, logs once, and serves again
+as soon as descriptors free up (issue: reactor survives EMFILE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+FD_LIMIT = 48
+
+
+def _limit_fds() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_server_survives_emfile(tmp_path: Path) -> None:
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wsnet", "--port", "0", "--max-connections", "1000"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            preexec_fn=_limit_fds,
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert "listening on ws://" in line, line
+        port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
+
+        # More idle TCP connections than the server has descriptors for.
+        hogs = []
+        for _ in range(FD_LIMIT + 16):
+            hogs.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        _wait_for(lambda: b"accept failed" in log.read_bytes(), 10, "the EMFILE warning")
+        assert proc.poll() is None, "server died on EMFILE"
+
+        for sock in hogs:
+            sock.close()
+
+        async def chat() -> list[dict[str, object]]:
+            async with connect(f"ws://127.0.0.1:{port}/?name=after") as ws:
+                welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                await ws.send("still here")
+                batch = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                return [*welcome, *batch]
+
+        events = asyncio.run(asyncio.wait_for(chat(), 30))
+        assert events[0]["type"] == "welcome"
+        assert events[1]["type"] == "message" and events[1]["text"] == "still here"
+        assert proc.poll() is None
+        # One warning per episode, not one per failed accept.
+        assert log.read_bytes().count(b"accept failed") <= 3
+        assert b"Traceback" not in log.read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(10)
