@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import socket
 import subprocess
 import sys
@@ -17,8 +16,13 @@ from websockets.asyncio.client import connect
 FD_LIMIT = 48
 
 
-def _limit_fds() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+# The server process lowers its own descriptor limit, then runs ``python -m wsnet``.
+LAUNCH = (
+    "import resource, runpy, sys;"
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({FD_LIMIT}, {FD_LIMIT}));"
+    "sys.argv[0] = 'wsnet';"
+    "runpy.run_module('wsnet', run_name='__main__')"
+)
 
 
 def _wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -34,10 +38,9 @@ def test_server_survives_emfile(tmp_path: Path) -> None:
     log = tmp_path / "stderr.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wsnet", "--port", "0", "--max-connections", "1000"],
+            [sys.executable, "-c", LAUNCH, "--port", "0", "--max-connections", "1000"],
             stdout=subprocess.PIPE,
             stderr=err,
-            preexec_fn=_limit_fds,
         )
     try:
         assert proc.stdout is not None
