@@ -441,3 +441,11 @@ def test_trailing_frames_survive_every_feeding(request_bytes: bytes) -> None:
 )
 def test_split_points_do_not_matter(case: bytes, cuts: list[int]) -> None:
     assert outcome(split_at(case, cuts)) == outcome([case])
+
+
+def test_absolute_form_target_routes_by_path() -> None:
+    # RFC 9112 §3.2.2: a server must accept the absolute form of a target.
+    request = Request("GET", "http://example.com/ws?room=a&name=b", headers=())
+    assert request.path == "/ws"
+    assert request.query == {"room": "a", "name": "b"}
+    assert Request("GET", "http://example.com", headers=()).path == "/"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 __all__ = ["Request", "Response", "render_response", "text_response", "json_response"]
 
@@ -32,7 +32,11 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        """The path, also from an absolute-form target (RFC 9112 §3.2.2)."""
+        path = self.target.split("?", 1)[0]
+        if "://" in path:
+            path = urlsplit(path).path or "/"
+        return path
 
     @property
     def query(self) -> dict[str, str]:

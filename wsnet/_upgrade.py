@@ -40,8 +40,9 @@ class Accept:
 
 
 def is_upgrade(request: Request) -> bool:
-    """Does the request ask for a protocol switch at all?"""
-    return any(k == "upgrade" for k, _ in request.headers)
+    """Does the request ask for a WebSocket? Other upgrades (h2c, ...) may be
+    ignored and served as plain HTTP/1.1 (RFC 9110 §7.8)."""
+    return "websocket" in request.header_tokens("upgrade")
 
 
 def _declares_body(request: Request) -> bool:

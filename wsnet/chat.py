@@ -58,7 +58,7 @@ def parse_command(text: str, default_room: str = LOBBY) -> SendMessage | ChatErr
     if text.lstrip()[:1] == "{":
         try:
             command = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is not a command either
             command = None
     if not isinstance(command, dict):
         return _checked_text(default_room, text)
