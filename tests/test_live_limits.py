@@ -81,6 +81,7 @@ def test_slow_consumer_is_closed_1008_memory_bounded_others_unaffected(
     limit = 64 * KIB
     server = server_factory(
         "--outbox-limit-bytes", str(limit), "--flush-interval-ms", "10", "--no-deflate",
+        "--rate-limit", "0",
     )
     # Never reads after the handshake, with a small receive window.
     slow: RawClient = raw_client(server.port, rcvbuf=4 * KIB)

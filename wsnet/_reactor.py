@@ -8,6 +8,10 @@ Write path (DESIGN §1): protocols append to a channel's ``Outbox`` and mark it
 dirty; the flush tick writes each dirty outbox with one ``send``/``sendmsg``. Only a
 partial write registers the socket for writability, and draining unregisters it.
 A channel whose outbox is over the high-water mark is not read from.
+
+TLS runs on the same loop: the handshake is driven by readiness like any other
+I/O (``do_handshake`` until it stops asking for more), so a slow or silent TLS
+client costs one socket and a timer, never a stalled loop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -42,10 +47,12 @@ _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 class Channel:
     """A connected socket as the reactor sees it. Protocols subclass it."""
 
-    __slots__ = ("sock", "outbox", "mask", "dirty", "blocked", "linger", "dead")
+    __slots__ = ("sock", "outbox", "mask", "dirty", "blocked", "linger", "dead", "tls_pending")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        #: A TLS socket whose handshake has not finished yet.
+        self.tls_pending = isinstance(sock, ssl.SSLSocket)
         self.outbox = Outbox()
         self.mask = 0  # selector interest currently registered
         self.dirty = False  # in the reactor's flush list
@@ -73,9 +80,11 @@ class Reactor:
         *,
         flush_interval: float,
         high_water: int,
+        ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.protocol = protocol
+        self.ssl_context = ssl_context
         self.clock = clock
         self.timers = Timers()
         self.flush_interval = flush_interval
@@ -148,6 +157,10 @@ class Reactor:
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False,
+                    )
             except OSError:  # the peer already left
                 sock.close()
                 continue
@@ -222,6 +235,8 @@ class Reactor:
             self._shutdown_write(ch)
 
     def _shutdown_write(self, ch: Channel) -> None:
+        # On a TLS socket this sends no close_notify: peers treat the TCP FIN as
+        # the end, and a non-blocking unwrap() is not worth its states here.
         try:
             ch.sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -232,39 +247,90 @@ class Reactor:
     def _write(self, ch: Channel) -> None:
         if ch.dead:
             return
+        if ch.tls_pending:
+            self._tls_handshake(ch)
+            return
         box = ch.outbox
         chunks = box.chunks
-        sent = 0
         if chunks:
             try:
-                if len(chunks) == 1:
-                    sent = ch.sock.send(chunks[0])
+                if isinstance(ch.sock, ssl.SSLSocket):
+                    self._write_tls(ch.sock, box)
                 else:
-                    sent = ch.sock.sendmsg(chunks[:_IOV_MAX])
+                    if len(chunks) == 1:
+                        sent = ch.sock.send(chunks[0])
+                    else:
+                        sent = ch.sock.sendmsg(chunks[:_IOV_MAX])
+                    box.consume(sent)
             except (BlockingIOError, InterruptedError):
-                sent = 0
+                pass
             except OSError as exc:
                 self._lost(ch, exc)
                 return
-            box.consume(sent)
         ch.blocked = bool(box)
         if not box and ch.linger:
             self._shutdown_write(ch)
         else:
             self._update_mask(ch)
 
-    def _on_readable(self, ch: Channel) -> None:
+    @staticmethod
+    def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> None:
+        """Write chunk by chunk (SSL sockets have no sendmsg).
+
+        OpenSSL wants a write it refused retried with the same bytes, so a chunk
+        it refused is marked partial: ``Outbox.discard`` then keeps it.
+        """
+        while box.chunks:
+            try:
+                sent = sock.send(box.chunks[0])
+            except ssl.SSLWantWriteError:
+                box.partial = True
+                return
+            except ssl.SSLWantReadError:
+                return
+            box.consume(sent)
+
+    def _tls_handshake(self, ch: Channel) -> None:
+        sock = ch.sock
+        assert isinstance(sock, ssl.SSLSocket)
         try:
-            data = ch.sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_mask(ch, READ)
             return
-        except OSError as exc:
+        except ssl.SSLWantWriteError:
+            self._set_mask(ch, WRITE)
+            return
+        except (ssl.SSLError, OSError) as exc:
             self._lost(ch, exc)
             return
-        if data:
-            self.protocol.data_received(ch, data)
-        else:
-            self.protocol.eof_received(ch)
+        ch.tls_pending = False
+        self._set_mask(ch, READ)
+        if sock.pending():  # the client's request may have come with its Finished
+            self._on_readable(ch)
+
+    def _on_readable(self, ch: Channel) -> None:
+        if ch.tls_pending:
+            self._tls_handshake(ch)
+            return
+        sock = ch.sock
+        while True:
+            try:
+                data = sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except ssl.SSLWantWriteError:
+                break
+            except OSError as exc:
+                self._lost(ch, exc)
+                return
+            if data:
+                self.protocol.data_received(ch, data)
+            else:
+                self.protocol.eof_received(ch)
+            # Bytes already decrypted inside OpenSSL never wake the selector.
+            if ch.dead or not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                break
         if not ch.dead:
             self._update_mask(ch)
 

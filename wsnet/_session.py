@@ -48,6 +48,8 @@ class Session:
         "_max_message",
         "_parts",
         "_size",
+        "_frames",
+        "_max_frames",
         "out",
         "close_code",
         "close_reason",
@@ -60,6 +62,7 @@ class Session:
         outbox: Outbox,
         *,
         max_message_bytes: int,
+        max_fragments: int = 4096,
         deflate: DeflateParams | None = None,
         deflate_level: int = 6,
         deflate_min_bytes: int = 128,
@@ -72,6 +75,8 @@ class Session:
         self._max_message = max_message_bytes
         self._parts: list[str] | list[bytes] | None = None
         self._size = 0
+        self._frames = 0
+        self._max_frames = max_fragments
         #: Where our bytes go: the connection's outbox, shared with the reactor.
         self.out = outbox
         #: Set once, when the session stops being open: the code the peer sent,
@@ -211,10 +216,16 @@ class Session:
         if size > self._max_message:
             self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
             return None
+        if event.frame_finished:
+            self._frames += 1
+            if self._frames > self._max_frames:
+                self.fail(CloseReason.MESSAGE_TOO_BIG, "too many fragments")
+                return None
         parts = self._parts
         if event.message_finished:
             self._parts = None
             self._size = 0
+            self._frames = 0
             if not parts:
                 return chunk if isinstance(chunk, str) else bytes(chunk)
             parts.append(chunk)  # type: ignore[arg-type]

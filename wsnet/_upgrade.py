@@ -45,6 +45,15 @@ def is_upgrade(request: Request) -> bool:
     return "websocket" in request.header_tokens("upgrade")
 
 
+def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+    """No Origin: not a browser, and nothing to check (any client may forge one).
+    Otherwise an exact, case-insensitive match of scheme://host[:port]."""
+    if origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    return any(origin == a.strip().lower().rstrip("/") for a in allowed)
+
+
 def _declares_body(request: Request) -> bool:
     if request.header("transfer-encoding") is not None:
         return True
@@ -71,6 +80,8 @@ def decide_upgrade(
     deflate: bool = True,
     impose_client_no_context: bool = True,
     at_capacity: bool = False,
+    ip_at_capacity: bool = False,
+    allowed_origins: tuple[str, ...] = (),
 ) -> Accept | Response:
     """RFC 6455 §4.2.1 and §4.2.2 for one upgrade request.
 
@@ -94,8 +105,14 @@ def decide_upgrade(
     keys = request.header_values("sec-websocket-key")
     if not _valid_key(keys):
         return text_response(400, "Sec-WebSocket-Key must be base64 of 16 bytes")
+    if allowed_origins and not _origin_allowed(request.header("origin"), allowed_origins):
+        # Cross-site WebSocket hijacking: a page elsewhere must not ride on this
+        # browser's cookies. RFC 6455 §10.2.
+        return text_response(403, "origin not allowed")
     if at_capacity:
         return text_response(503, "server at connection limit, retry later", ("Retry-After", "5"))
+    if ip_at_capacity:
+        return text_response(429, "too many connections from your address", ("Retry-After", "5"))
 
     headers = [
         ("Upgrade", "websocket"),

@@ -16,7 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from wsnet._http import Request, Response, text_response
 from wsnet.server import Connection, Handler
+from wsnet.tokens import TokenError, verify_token
 
 __all__ = ["ChatApp", "ChatError", "SendMessage", "parse_command", "encode_event"]
 
@@ -108,16 +110,38 @@ class Room:
 
 
 class ChatApp(Handler):
-    """Everyone in one lobby; each tick's messages go out as one frame."""
+    """Everyone in one lobby; each tick's messages go out as one frame.
 
-    def __init__(self, clock: Any = time.time) -> None:
+    With ``secret``, every upgrade must carry ``?token=`` (see ``wsnet.tokens``),
+    and the name it pins is the only name that connection can use.
+    """
+
+    def __init__(self, clock: Any = time.time, secret: bytes | None = None) -> None:
         self.lobby = Room(LOBBY)
         self._clock = clock
+        self._secret = secret
+
+    def on_upgrade(self, request: Request) -> Response | str | None:
+        if self._secret is None:
+            return None
+        token = request.query.get("token")
+        if token is None:
+            return text_response(403, "a token is required")
+        try:
+            name = verify_token(self._secret, token, self._clock())
+        except TokenError as exc:
+            return text_response(403, f"token refused: {exc}")
+        if not valid_name(name):
+            return text_response(403, "token refused: malformed")
+        return name
 
     def on_open(self, conn: Connection) -> None:
         request = conn.request
-        asked = request.query.get("name") if request is not None else None
-        name = asked if asked is not None and valid_name(asked) else f"guest-{conn.id}"
+        if isinstance(conn.identity, str):
+            name = conn.identity
+        else:
+            asked = request.query.get("name") if request is not None else None
+            name = asked if asked is not None and valid_name(asked) else f"guest-{conn.id}"
         conn.context = name
         self.lobby.members.add(conn)
         welcome = {
@@ -158,6 +182,10 @@ class ChatApp(Handler):
 
     def on_close(self, conn: Connection, code: int, reason: str) -> None:
         self.lobby.members.discard(conn)
+
+    def on_rate_limited(self, conn: Connection) -> None:
+        error = ChatError("rate_limited", "too many messages: slow down or be disconnected")
+        conn.send("[" + encode_event(error.event()) + "]")
 
     def on_tick(self) -> None:
         room = self.lobby

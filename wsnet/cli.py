@@ -5,17 +5,49 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
+import ssl
 import sys
+import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 from wsnet.chat import ChatApp
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
+from wsnet.tokens import make_token
 
 __all__ = ["main", "build_parser"]
 
 APPS: dict[str, type[Handler]] = {"chat": ChatApp, "echo": EchoApp}
+SECRET_ENV = "WSNET_AUTH_SECRET"
+
+
+class SafeFormatter(logging.Formatter):
+    """Escape control characters, so text a peer chose (in an exception message,
+    say) cannot forge log lines or drive the terminal."""
+
+    _TABLE: ClassVar[dict[int, str]] = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(self._TABLE)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # A traceback spans lines by design, and an exception's text may hold a
+        # newline a peer chose: every continuation line is escaped and marked, so
+        # nothing can pass for a record of its own.
+        first, *rest = super().format(record).split("\n")
+        return first + "".join("\n  | " + line.translate(self._TABLE) for line in rest)
+
+
+def _read_secret(path: str | None) -> bytes | None:
+    if path is not None:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    else:
+        secret = os.environ.get(SECRET_ENV, "").encode()
+    return secret or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +80,43 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="open WebSockets allowed; more get 503 (default: what the descriptor limit allows)",
     )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        help="open WebSockets per client address; more get 429 (default 0 = no limit)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        help=f"messages per second per client, 0 = off (default {d.rate_limit:g}, echo app off)",
+    )
+    p.add_argument(
+        "--rate-burst",
+        type=int,
+        help=f"messages a client may send at once (default {d.rate_burst})",
+    )
+    p.add_argument(
+        "--allowed-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="browser Origin allowed to connect, e.g. https://chat.example (repeatable; "
+        "default: any). Others get 403",
+    )
+    p.add_argument("--certfile", help="PEM certificate chain: serve wss:// and https://")
+    p.add_argument("--keyfile", help="PEM private key for --certfile")
+    p.add_argument(
+        "--auth-secret-file",
+        help=f"file holding the chat token secret (or set {SECRET_ENV}); clients then need "
+        "?token=",
+    )
+    p.add_argument(
+        "--mint-token",
+        metavar="NAME",
+        help="print a signed chat token for NAME (secret from the file or environment) and exit",
+    )
+    p.add_argument(
+        "--token-ttl", type=int, default=86400, help="lifetime of a minted token in seconds",
+    )
     p.add_argument("--no-deflate", action="store_true", help="do not negotiate permessage-deflate")
     p.add_argument(
         "--ping-interval", type=float, help=f"seconds between keepalive pings, 0 = off "
@@ -78,6 +147,12 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         "max_connections": args.max_connections,
         "ping_interval": args.ping_interval,
         "ping_timeout": args.ping_timeout,
+        "max_connections_per_ip": args.max_connections_per_ip,
+        "rate_limit": args.rate_limit,
+        "rate_burst": args.rate_burst,
+        "allowed_origins": tuple(args.allowed_origin) if args.allowed_origin else None,
+        "certfile": args.certfile,
+        "keyfile": args.keyfile,
     }
     fields.update({k: v for k, v in options.items() if v is not None})
     if args.no_deflate:
@@ -88,16 +163,30 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    try:
+        secret = _read_secret(args.auth_secret_file)
+    except OSError as exc:
+        print(f"wsnet: cannot read {args.auth_secret_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.mint_token is not None:
+        if secret is None:
+            parser.error(f"--mint-token needs --auth-secret-file or {SECRET_ENV}")
+        print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
+        return 0
     app_class = APPS[args.app]
     try:
         config = config_from_args(args, app_class)
     except ValueError as exc:
         parser.error(str(exc))
-    server = Server(app_class(), config)
+    app = ChatApp(secret=secret) if app_class is ChatApp else app_class()
+    try:
+        server = Server(app, config)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"wsnet: cannot load the TLS certificate or key: {exc}", file=sys.stderr)
+        return 2
     try:
         server.listen()
     except OSError as exc:

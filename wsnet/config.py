@@ -50,6 +50,9 @@ class Config:
 
     #: Largest message after reassembly and after inflate. Past it: close 1009.
     max_message_bytes: int = 1 << 20
+    #: Frames in one message. A message of many tiny (or empty) fragments costs
+    #: parsing per frame while its size barely grows; past it: close 1009.
+    max_fragments: int = 4096
     #: Bytes waiting to be sent to one peer. Past it the peer is a slow consumer:
     #: close 1008 (it can resume from history). Bounds memory per connection.
     outbox_limit: int = 1 << 20
@@ -59,6 +62,28 @@ class Config:
     #: Upgraded connections allowed at once; beyond it the upgrade gets 503.
     #: 0 means "what the descriptor limit allows" (see default_max_connections).
     max_connections: int = 0
+    #: Open WebSockets per client IP address; beyond it the upgrade gets 429.
+    #: 0 (the default) is off: benchmarks, NATs and proxies put many honest
+    #: clients behind one address.
+    max_connections_per_ip: int = 0
+
+    #: Messages a client may send per second on average (token bucket), and at
+    #: once. A person typing or a bot at 20 msg/s stays far below. A refused
+    #: message is dropped and the application told (chat sends an error event);
+    #: 0 disables the limit.
+    rate_limit: float = 50.0
+    rate_burst: int = 100
+    #: Refused messages in a row before the flooder is closed with 1008.
+    rate_limit_close_after: int = 100
+
+    #: Browser origins allowed to open a WebSocket (e.g. "https://chat.example");
+    #: others get 403. Empty: any origin. Requests without Origin (non-browser
+    #: clients, which can send any Origin anyway) are not affected.
+    allowed_origins: tuple[str, ...] = ()
+
+    #: TLS: serve wss:// and https:// when both are set (PEM files).
+    certfile: str | None = None
+    keyfile: str | None = None
 
     #: Keepalive: a ping after this much silence from us, and a close (1011) if no
     #: pong arrives within ping_timeout. 0 disables keepalive.
@@ -101,6 +126,7 @@ class Config:
             "outbox_limit",
             "outbox_high_water",
             "backlog",
+            "max_fragments",
         ):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
@@ -109,12 +135,20 @@ class Config:
                 problems.append(f"{name} must be > 0")
         if self.ping_interval < 0 or self.ping_timeout < 0:
             problems.append("ping_interval and ping_timeout must be >= 0")
-        if self.max_connections < 0:
-            problems.append("max_connections must be >= 0")
+        if self.max_connections < 0 or self.max_connections_per_ip < 0:
+            problems.append("max_connections and max_connections_per_ip must be >= 0")
+        if self.rate_limit < 0 or self.rate_burst < 1 or self.rate_limit_close_after < 1:
+            problems.append("rate_limit must be >= 0, rate_burst and rate_limit_close_after >= 1")
+        if (self.certfile is None) != (self.keyfile is None):
+            problems.append("certfile and keyfile go together")
         if not 1 <= self.deflate_level <= 9:
             problems.append("deflate_level must be 1..9")
         if problems:
             raise ValueError("invalid Config: " + "; ".join(problems))
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
 
     @property
     def connection_limit(self) -> int:

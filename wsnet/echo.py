@@ -16,6 +16,10 @@ class EchoApp(Handler):
         # An echo is a reply, not a broadcast: batching would only add latency.
         "flush_interval": 0.0,
         "max_message_bytes": 16 << 20,
+        # Conformance suites send 4 MiB in 64-byte fragments, and thousands of
+        # messages back to back.
+        "max_fragments": 1 << 17,
+        "rate_limit": 0.0,
         # Room for one echoed maximal message plus frame headers.
         "outbox_limit": 32 << 20,
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 from wsnet._clock import Timer
 from wsnet._frames import Outgoing
 from wsnet._http import Request, Response, json_response, render_response, text_response
+from wsnet._limits import TokenBucket
 from wsnet._reactor import Channel, Reactor
 from wsnet._session import Session
 from wsnet._upgrade import Accept, HttpReader, decide_upgrade, is_upgrade
@@ -33,6 +35,20 @@ from wsnet.config import Config
 __all__ = ["Connection", "Handler", "Server"]
 
 log = logging.getLogger("wsnet")
+
+
+def tls_context(config: Config) -> ssl.SSLContext | None:
+    """A server context with modern defaults (TLS 1.2+), or None without TLS.
+
+    Raises OSError / ssl.SSLError for unreadable or mismatched PEM files.
+    """
+    if config.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(config.certfile, config.keyfile)
+    return context
 
 
 class Phase(Enum):
@@ -58,6 +74,8 @@ class Connection(Channel):
         "timer",
         "request",
         "context",
+        "identity",
+        "bucket",
         "ping_outstanding",
         "over_limit",
     )
@@ -78,6 +96,9 @@ class Connection(Channel):
         self.request: Request | None = None
         #: Free for the application (a user record, a room list, ...).
         self.context: Any = None
+        #: What ``Handler.on_upgrade`` returned for this connection (who it is).
+        self.identity: Any = None
+        self.bucket: TokenBucket | None = None
         self.ping_outstanding = False
         self.over_limit = False
 
@@ -123,6 +144,14 @@ class Handler:
         """The server is listening."""
         self.server = server
 
+    def on_upgrade(self, request: Request) -> Any:
+        """Accept or refuse an upgrade that passed the protocol checks.
+
+        Return a ``Response`` to refuse it (401, 403, ...); anything else accepts
+        it and becomes ``conn.identity`` (e.g. the authenticated user).
+        """
+        return None
+
     def on_open(self, conn: Connection) -> None:
         """A WebSocket opened; ``conn.request`` is the upgrade request."""
 
@@ -134,6 +163,10 @@ class Handler:
 
     def on_tick(self) -> None:
         """Called before every flush: the place to send what a tick batched."""
+
+    def on_rate_limited(self, conn: Connection) -> None:
+        """A message from ``conn`` was dropped by the rate limit (called for the
+        first of each run of refusals; the run closes 1008 if it goes on)."""
 
     def on_http(self, request: Request) -> Response | None:
         """Answer a plain (non-upgrade) GET or HEAD; None falls through to the
@@ -155,11 +188,13 @@ class Server:
             self,
             flush_interval=self.config.flush_interval,
             high_water=self.config.outbox_high_water,
+            ssl_context=tls_context(self.config),
         )
         self.reactor.on_stop_request = self._begin_shutdown
         self.address: tuple[str, int] | None = None
         self._conns: set[Connection] = set()
         self._open = 0
+        self._per_ip: dict[str, int] = {}
         self._next_id = 0
         self._limit = self.config.connection_limit
         self._over_limit: list[Connection] = []
@@ -182,7 +217,8 @@ class Server:
         host, port = self.listen()
         if ":" in host:
             host = f"[{host}]"
-        return f"ws://{host}:{port}/"
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{host}:{port}/"
 
     def serve_forever(self, *, install_signal_handlers: bool = True) -> None:
         """Serve until SIGINT/SIGTERM or ``stop()``, then shut down gracefully:
@@ -290,19 +326,34 @@ class Server:
             self._respond(conn, result)
         elif is_upgrade(result):
             cfg = self.config
+            per_ip = cfg.max_connections_per_ip
             decision = decide_upgrade(
                 result,
                 ws_paths=cfg.ws_paths,
                 deflate=cfg.deflate,
                 impose_client_no_context=cfg.deflate_client_no_context_takeover,
                 at_capacity=self._open >= self._limit or self._stopping,
+                ip_at_capacity=per_ip > 0 and self._per_ip.get(conn.peer[0], 0) >= per_ip,
+                allowed_origins=cfg.allowed_origins,
             )
             if isinstance(decision, Accept):
-                self._upgrade(conn, result, decision)
+                decision_or_identity = self._ask_application(result)
+                if isinstance(decision_or_identity, Response):
+                    self._respond(conn, decision_or_identity, result)
+                else:
+                    conn.identity = decision_or_identity
+                    self._upgrade(conn, result, decision)
             else:
                 self._respond(conn, decision, result)
         else:
             self._respond(conn, self._plain(result), result)
+
+    def _ask_application(self, request: Request) -> Any:
+        try:
+            return self.handler.on_upgrade(request)
+        except Exception:
+            log.exception("application error in on_upgrade")
+            return text_response(500, "internal server error")
 
     def _plain(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -344,12 +395,17 @@ class Server:
         conn.session = Session(
             conn.outbox,
             max_message_bytes=cfg.max_message_bytes,
+            max_fragments=cfg.max_fragments,
             deflate=accept.deflate,
             deflate_level=cfg.deflate_level,
             deflate_min_bytes=cfg.deflate_min_bytes,
         )
         conn.phase = OPEN
         self._open += 1
+        ip = conn.peer[0]
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if cfg.rate_limit > 0:
+            conn.bucket = TokenBucket(cfg.rate_burst, self.reactor.clock())
         self._arm(conn, cfg.ping_interval or None, self._ping)
         conn.request = request
         self._call_app(conn, self.handler.on_open, conn)
@@ -368,10 +424,25 @@ class Server:
         session = conn.session
         assert session is not None
         on_message = self.handler.on_message
+        bucket = conn.bucket
         for message in session.feed(data):
-            if conn.phase is OPEN:
-                self._call_app(conn, on_message, conn, message)
+            if conn.phase is not OPEN:
+                continue
+            if bucket is not None and not self._admit(conn, bucket):
+                continue
+            self._call_app(conn, on_message, conn, message)
         self._after_websocket(conn)
+
+    def _admit(self, conn: Connection, bucket: TokenBucket) -> bool:
+        cfg = self.config
+        if bucket.take(self.reactor.clock(), cfg.rate_limit, cfg.rate_burst):
+            return True
+        if bucket.strikes == 1:
+            self._call_app(conn, self.handler.on_rate_limited, conn)
+        elif bucket.strikes >= cfg.rate_limit_close_after and conn.phase is OPEN:
+            log.info("closing %s: message rate limit exceeded", conn.peer)
+            self._close(conn, 1008, "message rate limit exceeded")
+        return False
 
     def _after_websocket(self, conn: Connection) -> None:
         """Act on what the session did: notify a close, send close frames now,
@@ -395,6 +466,12 @@ class Server:
         assert session is not None and session.close_code is not None
         conn.phase = CLOSING
         self._open -= 1
+        ip = conn.peer[0]
+        left = self._per_ip[ip] - 1
+        if left:
+            self._per_ip[ip] = left
+        else:
+            del self._per_ip[ip]
         self._arm(conn, self.config.close_timeout, self._drop)
         self._call_app(None, self.handler.on_close, conn, session.close_code, session.close_reason)
 
