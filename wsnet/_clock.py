@@ -18,12 +18,13 @@ __all__ = ["Timer", "Timers", "next_tick"]
 class Timer:
     """One scheduled call; cancel it with ``Timers.cancel`` (O(1), forgotten lazily)."""
 
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("when", "callback", "cancelled", "queued")
 
     def __init__(self, when: float, callback: Callable[[], object]) -> None:
         self.when = when
         self.callback = callback
         self.cancelled = False
+        self.queued = True  # still in the heap
 
 
 class Timers:
@@ -50,6 +51,8 @@ class Timers:
         if timer is None or timer.cancelled:
             return
         timer.cancelled = True
+        if not timer.queued:
+            return  # already popped: it just must not run
         self._dead += 1
         if self._dead > 64 and self._dead * 2 > len(self._heap):
             self._heap = [entry for entry in self._heap if not entry[2].cancelled]
@@ -67,18 +70,31 @@ class Timers:
         """Remove and return the live timers due at ``now``, earliest first.
 
         Timers scheduled by their own callbacks for ``now`` or earlier wait for the
-        next call, so a callback that re-arms itself cannot starve the loop.
+        next call, so a callback that re-arms itself cannot starve the loop. A
+        popped timer can still be cancelled (by an earlier callback of the same
+        batch): check ``cancelled`` before running it, as ``run_due`` does.
         """
         heap = self._heap
         due: list[Timer] = []
         while heap and heap[0][0] <= now:
             timer = heapq.heappop(heap)[2]
+            timer.queued = False
             if timer.cancelled:
                 self._dead -= 1
             else:
-                timer.cancelled = True  # fired: a later cancel() must not count it
                 due.append(timer)
         return due
+
+    def run_due(self, now: float, on_error: Callable[[BaseException], object]) -> None:
+        """Run the timers due at ``now``; one failing does not stop the others."""
+        for timer in self.pop_due(now):
+            if timer.cancelled:
+                continue
+            timer.cancelled = True  # it ran: cancelling it later is a no-op
+            try:
+                timer.callback()
+            except Exception as exc:
+                on_error(exc)
 
 
 def next_tick(origin: float, period: float, now: float) -> float:

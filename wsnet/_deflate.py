@@ -199,6 +199,7 @@ class Deflate(Extension):
         self._inflater: zlib._Decompress | None = None
         self._compressed: bool | None = None  # None between messages
         self._room = 0  # inflated bytes the current message may still grow by
+        self._wire_room = 0  # compressed bytes it may still take
 
     def enabled(self) -> bool:
         return True
@@ -220,12 +221,20 @@ class Deflate(Extension):
         if self._compressed is None:  # first frame of a message
             self._compressed = rsv.rsv1
             self._room = self.max_message_bytes
+            # Deflate never needs much more input than output (zlib's worst case
+            # is about 0.03 % plus a few bytes), except for empty stored blocks
+            # that inflate to nothing: bound the input too.
+            limit = self.max_message_bytes
+            self._wire_room = limit + limit // 1024 + 1024
             if rsv.rsv1 and self._inflater is None:
                 self._inflater = zlib.decompressobj(-15)
         return RsvBits(True, False, False)
 
     def _inflate(self, data: bytes) -> bytes | CloseReason:
         assert self._inflater is not None
+        self._wire_room -= len(data)
+        if self._wire_room < 0:
+            return CloseReason.MESSAGE_TOO_BIG
         try:
             out = self._inflater.decompress(data, self._room + 1)
         except zlib.error:

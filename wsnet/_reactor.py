@@ -255,7 +255,12 @@ class Reactor:
         if chunks:
             try:
                 if isinstance(ch.sock, ssl.SSLSocket):
-                    self._write_tls(ch.sock, box)
+                    if self._write_tls(ch.sock, box):
+                        # Waiting for writability would spin: retry next flush.
+                        ch.blocked = False
+                        self._update_mask(ch)
+                        self.mark_dirty(ch)
+                        return
                 else:
                     if len(chunks) == 1:
                         sent = ch.sock.send(chunks[0])
@@ -274,8 +279,9 @@ class Reactor:
             self._update_mask(ch)
 
     @staticmethod
-    def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> None:
-        """Write chunk by chunk (SSL sockets have no sendmsg).
+    def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:
+        """Write chunk by chunk (SSL sockets have no sendmsg). True means OpenSSL
+        must read before it can write (a key update): retry later.
 
         OpenSSL wants a write it refused retried with the same bytes, so a chunk
         it refused is marked partial: ``Outbox.discard`` then keeps it.
@@ -285,10 +291,12 @@ class Reactor:
                 sent = sock.send(box.chunks[0])
             except ssl.SSLWantWriteError:
                 box.partial = True
-                return
+                return False
             except ssl.SSLWantReadError:
-                return
+                box.partial = True
+                return True
             box.consume(sent)
+        return False
 
     def _tls_handshake(self, ch: Channel) -> None:
         sock = ch.sock
@@ -364,12 +372,28 @@ class Reactor:
         for ch in dirty:
             ch.dirty = False
             if not ch.blocked:
-                self._write(ch)
+                try:
+                    self._write(ch)
+                except Exception:
+                    log.exception("internal error while writing")
+                    self._lost(ch, None)
+
+    @staticmethod
+    def _timer_failed(exc: BaseException) -> None:
+        log.error("internal error in a timer", exc_info=exc)
+
+    def _tick_and_flush(self) -> None:
+        try:
+            self.protocol.tick()
+        except Exception:
+            log.exception("internal error in the tick")
+        self.flush()
 
     def _on_tick(self) -> None:
-        self.protocol.tick()
-        self.flush()
-        self._arm_tick()
+        try:
+            self._tick_and_flush()
+        finally:
+            self._arm_tick()
 
     def _arm_tick(self) -> None:
         if self.flush_interval > 0:
@@ -426,14 +450,9 @@ class Reactor:
                     log.exception("internal error while serving a connection")
                     if isinstance(data, Channel):
                         self._lost(data, None)
-            for timer in timers.pop_due(clock()):
-                try:
-                    timer.callback()
-                except Exception:
-                    log.exception("internal error in a timer")
+            timers.run_due(clock(), self._timer_failed)
             if self.flush_interval == 0:
-                self.protocol.tick()
-                self.flush()
+                self._tick_and_flush()
         self.timers.cancel(self._tick_timer)
 
     def close_all(self) -> None:

@@ -230,6 +230,8 @@ class Session:
                 return chunk if isinstance(chunk, str) else bytes(chunk)
             parts.append(chunk)  # type: ignore[arg-type]
             return "".join(parts) if isinstance(chunk, str) else b"".join(parts)  # type: ignore[arg-type]
+        if not chunk:
+            return None  # an empty piece (e.g. inflated from nothing) adds nothing
         if parts is None:
             self._parts = parts = []
         parts.append(chunk)  # type: ignore[arg-type]

@@ -81,6 +81,10 @@ def parse_command(text: str, default_room: str = LOBBY) -> SendMessage | ChatErr
 
 
 def _checked_text(room: str, text: str) -> SendMessage | ChatError:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+        return ChatError("bad_text", "text is not valid Unicode")
     if not text.strip():
         return ChatError("empty_text", "message text is empty")
     if len(text) > MAX_TEXT_CHARS:

@@ -53,8 +53,9 @@ class Config:
     #: Frames in one message. A message of many tiny (or empty) fragments costs
     #: parsing per frame while its size barely grows; past it: close 1009.
     max_fragments: int = 4096
-    #: Bytes waiting to be sent to one peer. Past it the peer is a slow consumer:
-    #: close 1008 (it can resume from history). Bounds memory per connection.
+    #: Bytes waiting to be sent to one peer. A peer that still has more than this
+    #: waiting when a new frame is queued is a slow consumer: close 1008. Bounds
+    #: memory per connection to this plus one frame.
     outbox_limit: int = 1 << 20
     #: Above this many queued bytes the peer is not read from until it drains,
     #: so a client cannot make us queue replies faster than it takes them.
@@ -85,8 +86,8 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
 
-    #: Keepalive: a ping after this much silence from us, and a close (1011) if no
-    #: pong arrives within ping_timeout. 0 disables keepalive.
+    #: Keepalive: a ping every ping_interval seconds, and a close (1011) if no
+    #: pong arrives within ping_timeout. ping_interval 0 disables keepalive.
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: How long we wait for the peer's close frame, and then for its FIN, before
@@ -133,8 +134,8 @@ class Config:
         for name in ("handshake_timeout", "close_timeout", "shutdown_grace"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
-        if self.ping_interval < 0 or self.ping_timeout < 0:
-            problems.append("ping_interval and ping_timeout must be >= 0")
+        if self.ping_interval < 0 or self.ping_timeout <= 0:
+            problems.append("ping_interval must be >= 0 and ping_timeout > 0")
         if self.max_connections < 0 or self.max_connections_per_ip < 0:
             problems.append("max_connections and max_connections_per_ip must be >= 0")
         if self.rate_limit < 0 or self.rate_burst < 1 or self.rate_limit_close_after < 1:

@@ -114,8 +114,9 @@ class Connection(Channel):
     def send(self, data: str | bytes) -> bool:
         """Queue a text (str) or binary (bytes) message for the next flush.
 
-        Returns False, sending nothing, if the connection is not open or has
-        passed its outbox limit (it is then closed 1008 at the next tick).
+        Returns False, sending nothing, if the connection is not open or is a
+        slow consumer: more than ``outbox_limit`` bytes were already waiting when
+        a message was queued (it is then closed 1008 at the next tick).
         """
         return self.server._send(self, Outgoing(data))
 
@@ -264,9 +265,10 @@ class Server:
             else:
                 frame = session.frame_for(message)
             box = conn.outbox
+            backlog = box.nbytes
             box.append(frame)
             queued += 1
-            if box.nbytes > limit:
+            if backlog > limit:
                 self._flag_slow(conn)
             else:
                 mark_dirty(conn)
@@ -366,7 +368,12 @@ class Server:
         if response is not None:
             return response
         if request.path == "/healthz":
-            return json_response(200, {**self.statistics(), **self.handler.status()})
+            try:
+                extra = self.handler.status()
+            except Exception:
+                log.exception("application error in status")
+                return text_response(500, "internal server error")
+            return json_response(200, {**self.statistics(), **extra})
         if request.path in self.config.ws_paths:
             return text_response(
                 426,
@@ -479,8 +486,9 @@ class Server:
         session = conn.session
         if conn.phase is not OPEN or session is None or conn.over_limit:
             return False
+        backlog = conn.outbox.nbytes
         session.send(message)
-        if conn.outbox.nbytes > self.config.outbox_limit:
+        if backlog > self.config.outbox_limit:
             self._flag_slow(conn)
         else:
             self.reactor.mark_dirty(conn)
@@ -488,6 +496,10 @@ class Server:
 
     def _flag_slow(self, conn: Connection) -> None:
         """Past the outbox limit: stop queueing now, close 1008 at the tick.
+
+        The limit applies to what was already waiting, not to the frame being
+        added: one large batch must not condemn a client that reads at once, and
+        memory per client stays under the limit plus one frame.
 
         Deferred so that applications never see ``on_close`` from inside their
         own ``send`` or ``broadcast`` loops over a set they are iterating.
@@ -531,7 +543,7 @@ class Server:
         session.ping(b"wsnet")
         conn.ping_outstanding = True
         self.reactor.mark_dirty(conn)
-        self._arm(conn, cfg.ping_timeout or cfg.ping_interval, self._check_pong)
+        self._arm(conn, cfg.ping_timeout, self._check_pong)
 
     def _check_pong(self, conn: Connection) -> None:
         session = conn.session

@@ -47,7 +47,7 @@ def make_token(secret: bytes, name: str, expires_at: int) -> str:
 def verify_token(secret: bytes, token: str, now: float) -> str:
     """The name the token pins; raises TokenError if it is not genuine or current."""
     parts = token.split(".")
-    if len(parts) != 3 or not parts[1].isdigit() or len(token) > 512:
+    if len(token) > 512 or not token.isascii() or len(parts) != 3 or not parts[1].isdecimal():
         raise TokenError("malformed")
     name_part, expiry, signature = parts
     if not hmac.compare_digest(signature, _sign(secret, name_part, expiry)):

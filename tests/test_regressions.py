@@ -1,0 +1,178 @@
+"""Regressions for defects found in review, each with the input that showed it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+
+import pytest
+from conftest import ServerFactory, ThreadedServer
+from helpers import close_code_of, feed_session, raw_frame
+from websockets.asyncio.client import connect
+
+import wsnet
+from wsnet._clock import Timers
+from wsnet._deflate import DeflateParams
+from wsnet._reactor import Channel, Reactor
+from wsnet.chat import ChatError, parse_command
+from wsnet.tokens import TokenError, make_token, verify_token
+
+
+def test_lone_surrogate_text_is_refused_not_broadcast() -> None:
+    # json.loads turns "\ud800" into a lone surrogate, which cannot be encoded:
+    # broadcasting it once made every message of that tick vanish.
+    result = parse_command('{"type":"message","text":"\\ud800"}')
+    assert isinstance(result, ChatError) and result.error == "bad_text"
+
+
+def test_non_ascii_token_is_malformed_not_a_crash() -> None:
+    with pytest.raises(TokenError, match="malformed"):
+        verify_token(b"secret", "a.1.\u00e9", now=0)
+    with pytest.raises(TokenError, match="malformed"):
+        verify_token(b"secret", "bmFtZQ.\u00b2.sig", now=0)  # '²'.isdigit() is True
+    good = make_token(b"secret", "ann", 100)
+    assert verify_token(b"secret", good, now=50) == "ann"
+
+
+def test_timer_cancelled_by_an_earlier_timer_of_the_same_batch_does_not_run() -> None:
+    timers = Timers()
+    ran: list[str] = []
+    second = timers.call_at(1.0, lambda: ran.append("second"))
+
+    def first() -> None:
+        ran.append("first")
+        timers.cancel(second)
+
+    timers.call_at(0.5, first)
+    # Re-ordered in the heap by deadline: ``first`` pops before ``second``.
+    timers.run_due(2.0, on_error=lambda exc: ran.append(repr(exc)))
+    assert ran == ["first"]
+    assert len(timers) == 0
+
+
+def test_run_due_keeps_going_after_a_failing_timer() -> None:
+    timers = Timers()
+    ran: list[str] = []
+    errors: list[BaseException] = []
+    timers.call_at(1.0, lambda: 1 / 0)
+    timers.call_at(1.0, lambda: ran.append("after"))
+    timers.run_due(1.0, on_error=errors.append)
+    assert ran == ["after"]
+    assert len(errors) == 1 and isinstance(errors[0], ZeroDivisionError)
+
+
+def test_empty_stored_blocks_cannot_grow_a_compressed_message_forever() -> None:
+    # A compressed frame of empty stored blocks inflates to nothing: memory
+    # grew by one list entry per read. Its compressed size is now bounded too.
+    empty_blocks = b"\x00\x00\x00\xff\xff" * 100_000  # 500 kB that inflate to 0 bytes
+    frame = raw_frame(0x1, empty_blocks, rsv1=True, fin=False)
+    run = feed_session(
+        [frame[i : i + 4096] for i in range(0, len(frame), 4096)],
+        max_message_bytes=64 * 1024,
+        deflate=DeflateParams(15, True),
+    )
+    assert run.close_code == 1009
+    assert close_code_of(run.output) == 1009
+
+
+def test_a_real_compressed_message_at_the_size_limit_is_accepted() -> None:
+    # The compressed-size bound must not refuse honest incompressible data.
+    payload = os.urandom(256 * 1024)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH)
+    assert len(body) > len(payload)  # incompressible: deflate adds a little
+    run = feed_session(
+        [raw_frame(0x2, body[:-4], rsv1=True)],
+        max_message_bytes=len(payload),
+        deflate=DeflateParams(15, True),
+    )
+    assert run.close_code is None
+    assert run.messages == [payload]
+
+
+def test_ping_timeout_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="ping_timeout"):
+        wsnet.Config(ping_timeout=0)
+
+
+class _FailingStatus(wsnet.Handler):
+    def status(self) -> dict[str, object]:
+        raise RuntimeError("secret internals")
+
+
+def test_healthz_answers_500_when_status_raises(
+    inprocess_server: Callable[..., ThreadedServer],
+) -> None:
+    server = inprocess_server(_FailingStatus())
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5)
+    assert info.value.code == 500
+    assert b"secret internals" not in info.value.read()
+
+
+class _TickFailsOnce:
+    """A reactor protocol with no connections whose first tick raises."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel:
+        raise AssertionError("no connections expected")
+
+    def data_received(self, ch: Channel, data: bytes) -> None: ...
+    def eof_received(self, ch: Channel) -> None: ...
+    def connection_lost(self, ch: Channel, exc: OSError | None) -> None: ...
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if self.ticks == 1:
+            raise RuntimeError("one bad tick")
+
+
+def test_one_failing_tick_does_not_stop_the_tick() -> None:
+    protocol = _TickFailsOnce()
+    reactor = Reactor(protocol, flush_interval=0.005, high_water=1024)
+    deadline = time.monotonic() + 5
+    try:
+        reactor.run(until=lambda: protocol.ticks >= 3 or time.monotonic() > deadline)
+    finally:
+        reactor.close_all()
+    assert protocol.ticks >= 3
+
+
+def test_a_batch_larger_than_the_outbox_limit_does_not_close_readers(
+    server_factory: ServerFactory,
+) -> None:
+    # The limit applies to what already waits, not to the frame being added: a
+    # client that reads must survive one tick's batch bigger than the limit.
+    server = server_factory(
+        "--outbox-limit-bytes", "65536", "--rate-limit", "0", "--flush-interval-ms", "200",
+    )
+    text = "\x01" * 4000  # JSON escapes each as \u0001: 24 kB per event
+
+    async def scenario() -> tuple[int, int]:
+        async with connect(server.url, max_size=None) as reader, connect(
+            server.url, max_size=None,
+        ) as sender:
+            await asyncio.wait_for(reader.recv(), 5)
+            await asyncio.wait_for(sender.recv(), 5)
+            for _ in range(10):  # about 240 kB in one 200 ms tick
+                await sender.send(text)
+            got = 0
+            size = 0
+            while got < 10:
+                frame = await asyncio.wait_for(reader.recv(), 5)
+                size = max(size, len(frame))
+                got += len(json.loads(frame))
+            return got, size
+
+    got, largest = asyncio.run(scenario())
+    assert got == 10
+    assert largest > 65536  # the batch really was bigger than the limit
