@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from wsnet.chat import ChatApp
+from wsnet.chat import ChatApp, valid_name
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
@@ -28,7 +28,11 @@ class SafeFormatter(logging.Formatter):
     """Escape control characters, so text a peer chose (in an exception message,
     say) cannot forge log lines or drive the terminal."""
 
-    _TABLE: ClassVar[dict[int, str]] = {c: f"\\x{c:02x}" for c in [*range(32), 127] if c != 9}
+    _TABLE: ClassVar[dict[int, str]] = {
+        c: f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
+        for c in [*range(32), *range(127, 160), 0x2028, 0x2029]
+        if c != 9
+    }
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         return super().formatMessage(record).translate(self._TABLE)
@@ -42,12 +46,15 @@ class SafeFormatter(logging.Formatter):
 
 
 def _read_secret(path: str | None) -> bytes | None:
+    """The chat token secret, or None when none is configured. An empty secret
+    file is an error (raised as ValueError), never a silent "no authentication"."""
     if path is not None:
         with open(path, "rb") as f:
             secret = f.read().strip()
-    else:
-        secret = os.environ.get(SECRET_ENV, "").encode()
-    return secret or None
+        if not secret:
+            raise ValueError(f"{path} is empty")
+        return secret
+    return os.environ.get(SECRET_ENV, "").encode() or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,12 +175,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     try:
         secret = _read_secret(args.auth_secret_file)
-    except OSError as exc:
-        print(f"wsnet: cannot read {args.auth_secret_file}: {exc.strerror}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        path = args.auth_secret_file
+        print(f"wsnet: cannot read the auth secret {path}: {reason}", file=sys.stderr)
         return 2
     if args.mint_token is not None:
         if secret is None:
             parser.error(f"--mint-token needs --auth-secret-file or {SECRET_ENV}")
+        if not valid_name(args.mint_token):
+            parser.error("--mint-token: a name is 1-32 of A-Z a-z 0-9 _ . -")
         print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
         return 0
     app_class = APPS[args.app]
@@ -185,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = Server(app, config)
     except (OSError, ssl.SSLError) as exc:
-        print(f"wsnet: cannot load the TLS certificate or key: {exc}", file=sys.stderr)
+        files = f"{config.certfile} / {config.keyfile}"
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"wsnet: cannot load the TLS certificate or key ({files}): {detail}", file=sys.stderr)
         return 2
     try:
         server.listen()
