@@ -176,3 +176,18 @@ def test_a_batch_larger_than_the_outbox_limit_does_not_close_readers(
     got, largest = asyncio.run(scenario())
     assert got == 10
     assert largest > 65536  # the batch really was bigger than the limit
+
+
+def test_a_frame_declared_too_big_is_refused_before_its_payload() -> None:
+    # Only the 14-byte header of a 2**40-byte text frame arrives: 1009 at once,
+    # instead of after max_message_bytes of payload have been read.
+    header = bytes((0x81, 0x80 | 127)) + (1 << 40).to_bytes(8, "big") + b"\x01\x02\x03\x04"
+    run = feed_session([header], max_message_bytes=1 << 20)
+    assert run.close_code == 1009
+    assert close_code_of(run.output) == 1009
+
+
+def test_a_frame_at_the_limit_is_still_read() -> None:
+    payload = b"x" * (64 * 1024)
+    run = feed_session([raw_frame(0x2, payload)], max_message_bytes=len(payload))
+    assert run.close_code is None and run.messages == [payload]

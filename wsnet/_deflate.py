@@ -225,7 +225,7 @@ class Deflate(Extension):
             # is about 0.03 % plus a few bytes), except for empty stored blocks
             # that inflate to nothing: bound the input too.
             limit = self.max_message_bytes
-            self._wire_room = limit + limit // 1024 + 1024
+            self._wire_room = limit + limit // 1024 + 1024  # as _session._frame_limit
             if rsv.rsv1 and self._inflater is None:
                 self._inflater = zlib.decompressobj(-15)
         return RsvBits(True, False, False)

@@ -19,7 +19,8 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
-from wsproto.frame_protocol import CloseReason
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
 from wsnet._deflate import Deflate, DeflateParams
 from wsnet._frames import Outgoing
@@ -31,6 +32,47 @@ CloseCode = CloseReason
 _OPEN = ConnectionState.OPEN
 _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
 _CLOSED = ConnectionState.CLOSED
+
+
+class _FrameLimit(Extension):
+    """Refuse a data frame whose declared length alone is over the limit (1009),
+    before any of its payload is read. Stateless, so one instance serves every
+    connection with the same limit."""
+
+    name = "wsnet-frame-limit"
+    _NO_RSV = RsvBits(False, False, False)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool | str:
+        return False
+
+    def frame_inbound_header(
+        self,
+        proto: FrameDecoder | FrameProtocol,
+        opcode: Opcode,
+        rsv: RsvBits,
+        payload_length: int,
+    ) -> CloseReason | RsvBits:
+        if payload_length > self.limit and not opcode.iscontrol():
+            return CloseReason.MESSAGE_TOO_BIG
+        return self._NO_RSV
+
+
+_frame_limits: dict[int, _FrameLimit] = {}
+
+
+def _frame_limit(max_message_bytes: int) -> _FrameLimit:
+    # A compressed frame may be a little larger than what it inflates to.
+    limit = max_message_bytes + max_message_bytes // 1024 + 1024
+    ext = _frame_limits.get(limit)
+    if ext is None:
+        ext = _frame_limits[limit] = _FrameLimit(limit)
+    return ext
 
 
 def _utf8_len(text: str) -> int:
@@ -67,8 +109,10 @@ class Session:
         deflate_level: int = 6,
         deflate_min_bytes: int = 128,
     ) -> None:
-        extensions = [Deflate(deflate, max_message_bytes, deflate_level)] if deflate else []
-        self._ws = Connection(ConnectionType.SERVER, extensions=extensions)  # type: ignore[arg-type]
+        extensions: list[Extension] = [_frame_limit(max_message_bytes)]
+        if deflate:
+            extensions.append(Deflate(deflate, max_message_bytes, deflate_level))
+        self._ws = Connection(ConnectionType.SERVER, extensions=extensions)
         self._deflate = deflate
         self._level = deflate_level
         self._min_deflate = deflate_min_bytes
