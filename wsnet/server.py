@@ -446,7 +446,7 @@ class Server:
             return True
         if bucket.strikes == 1:
             self._call_app(conn, self.handler.on_rate_limited, conn)
-        elif bucket.strikes >= cfg.rate_limit_close_after and conn.phase is OPEN:
+        if bucket.strikes >= cfg.rate_limit_close_after and conn.phase is OPEN:
             log.info("closing %s: message rate limit exceeded", conn.peer)
             self._close(conn, 1008, "message rate limit exceeded")
         return False
