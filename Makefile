@@ -5,10 +5,11 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean bench bench-quick
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv \
+		&& $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.runtime: $(BIN)/python setup.cfg pyproject.toml
@@ -19,6 +20,10 @@ $(VENV)/.test: $(VENV)/.runtime
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.test
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
 ## make run [ARGS="--port 9000 --app echo"]: start the chat server on 127.0.0.1:8080
 run: $(VENV)/.runtime
 	$(BIN)/python -m wsnet $(ARGS)
@@ -27,13 +32,22 @@ run: $(VENV)/.runtime
 test: lint typecheck unit
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check wsnet tests
+	$(BIN)/ruff check wsnet tests bench
 
 typecheck: $(VENV)/.test
 	$(BIN)/mypy wsnet
 
 unit: $(VENV)/.test
 	$(BIN)/python -m pytest -q
+
+## make bench [ARGS="--servers wsnet,websockets --scenarios idle"]: the full benchmark
+## (wsnet and its peers, every scenario; tens of minutes; results in bench/results/)
+bench: $(VENV)/.bench
+	$(BIN)/python bench/run.py $(ARGS)
+
+## make bench-quick: every scenario at small scale (under 2 minutes), a smoke check
+bench-quick: $(VENV)/.bench
+	$(BIN)/python bench/run.py --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

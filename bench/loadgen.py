@@ -1,0 +1,787 @@
+"""One load-generator worker: N WebSocket clients on raw sockets and ``selectors``.
+
+Built for low CPU per delivery, so that the server, not this process, is what a
+benchmark measures:
+
+- its own client handshake and frame codec (no asyncio, no client library);
+- receivers *count* deliveries with ``bytes.count`` of a per-run marker inside
+  each frame's payload (batched JSON arrays included), never parsing JSON;
+- only a sample of receivers (every k-th connection) extracts the send time of
+  each message to measure latency, into a log-linear histogram.
+
+Every message a sender sends is ``#r<run>#<monotonic_ns>#<worker>.<k>#`` padded
+to the message size. ``time.monotonic_ns`` is one clock for the whole machine on
+Linux, so a message sent by one worker is timed correctly by another.
+
+The orchestrator (``bench/run.py``) drives workers through one JSON line per
+command on stdin, and reads one JSON line per event on stdout::
+
+    worker -> {"event": "ready", ...}         all connections open (or failed)
+    run    <- {"cmd": "run", "run": 1, "start_ns": T, "duration": D, "rate": R}
+    worker -> {"event": "sent", "run": 1, "sent": k}   senders are done
+    run    <- {"cmd": "expect", "run": 1, "messages": M}  sent by all workers
+    worker -> {"event": "result", "run": 1, ...}   drained, or drain timed out
+    run    <- {"cmd": "stop"}
+    worker -> {"event": "bye", ...}
+
+Everything is bounded: connect time, each run, each drain, and the worker's whole
+lifetime (``--max-lifetime``); EOF on stdin also ends it. Only 127.0.0.0/8 is
+accepted as a target or a source address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import hashlib
+import ipaddress
+import json
+import os
+import random
+import re
+import resource
+import selectors
+import socket
+import sys
+import time
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Histogram", "main", "mask_frame"]
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.2: appended before inflating a message
+#: Bytes asked of each recv(). Not more: CPython allocates the whole size first,
+#: and from 128 KiB up glibc maps fresh pages for it on every call (about 15 µs
+#: each, five times the cost of the system call itself).
+RECV_BYTES = 64 * 1024
+MAX_HEAD_BYTES = 16 * 1024
+#: Linux's IP_BIND_ADDRESS_NO_PORT: bind() to a source address without picking a
+#: port yet, so ephemeral ports are shared per (source, destination) pair.
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+# Client states.
+CONNECTING, HANDSHAKE, OPEN, CLOSED = range(4)
+
+
+def marker(run: int) -> bytes:
+    """What every message of one run carries, and receivers count."""
+    return b"#r%d#" % run
+
+
+def mask_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """A final, masked client frame (RFC 6455 §5.3) with a fresh random key."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    key = os.urandom(4)
+    if n == 0:
+        return head + key
+    keystream = (key * (n // 4 + 1))[:n]
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(n, "big")
+    return head + key + body
+
+
+class Histogram:
+    """Latencies in microseconds, log-linear buckets (about 3 % wide), mergeable.
+
+    Values below 64 µs are exact; above, a bucket keeps the top 6 bits.
+    """
+
+    __slots__ = ("counts", "max_us", "n")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.max_us = 0
+        self.n = 0
+
+    @staticmethod
+    def key(us: int) -> int:
+        e = us.bit_length()
+        if e <= 6:
+            return us
+        shift = e - 6
+        return (shift << 6) | (us >> shift)
+
+    @staticmethod
+    def value(key: int) -> float:
+        """The middle of a bucket, in microseconds."""
+        if key < 64:
+            return float(key)
+        shift, mantissa = key >> 6, key & 63
+        return (mantissa << shift) + (1 << shift) / 2
+
+    def add(self, us: int) -> None:
+        k = self.key(us)
+        self.counts[k] = self.counts.get(k, 0) + 1
+        self.n += 1
+        self.max_us = max(self.max_us, us)
+
+    def merge(self, counts: dict[Any, int], max_us: int) -> None:
+        for k, c in counts.items():
+            key = int(k)
+            self.counts[key] = self.counts.get(key, 0) + c
+            self.n += c
+        self.max_us = max(self.max_us, max_us)
+
+    def percentile(self, p: float) -> float | None:
+        """The p-th percentile in microseconds (None if empty)."""
+        if not self.n:
+            return None
+        rank = max(1, int(p / 100 * self.n + 0.5))
+        seen = 0
+        for k in sorted(self.counts):
+            seen += self.counts[k]
+            if seen >= rank:
+                return min(self.value(k), float(self.max_us))
+        return float(self.max_us)
+
+    def summary_ms(self) -> dict[str, float | None]:
+        """p50/p90/p99/max in milliseconds."""
+        out: dict[str, float | None] = {}
+        for name, p in (("p50", 50.0), ("p90", 90.0), ("p99", 99.0)):
+            v = self.percentile(p)
+            out[name] = None if v is None else round(v / 1000, 3)
+        out["max"] = round(self.max_us / 1000, 3) if self.n else None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"counts": {str(k): c for k, c in self.counts.items()}, "max_us": self.max_us}
+
+
+class Client:
+    """One WebSocket client connection."""
+
+    __slots__ = (
+        "index", "sock", "fd", "state", "head", "key", "sampled", "deflate", "inflater",
+        "pending", "pending_len", "need", "fragments", "fragment_rsv1", "out", "delivered",
+    )
+
+    def __init__(self, index: int, sock: socket.socket, sampled: bool) -> None:
+        self.index = index
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.state = CONNECTING
+        self.head = b""  # handshake response bytes so far
+        self.key = b""
+        self.sampled = sampled
+        self.deflate = False
+        #: A persistent inflater when the server keeps its compression context;
+        #: None when it imposed server_no_context_takeover (each message alone).
+        self.inflater: Any = None
+        self.pending: list[bytes] = []  # an incomplete frame's bytes
+        self.pending_len = 0
+        self.need = 0  # bytes needed before the pending frame can be parsed
+        self.fragments: list[bytes] | None = None
+        self.fragment_rsv1 = False
+        self.out = b""  # bytes the kernel did not take yet
+        self.delivered = 0  # this run's messages received
+
+
+class Worker:
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.sel = selectors.DefaultSelector()
+        self.clients: list[Client] = []
+        self.by_fd: dict[int, Client] = {}
+        self.errors: dict[str, int] = {}
+        self.closed_by_server = 0
+        self.lost = 0
+        self.deflate_conns = 0
+        self.handshake_start_ns = 0
+        self.handshake_end_ns = 0
+        self.to_connect = 0  # next client index to open
+        self.in_flight = 0
+        self.opened = 0
+        self.stdin_buf = b""
+        self.stdin_eof = False
+        self.commands: list[dict[str, Any]] = []
+        self.born = time.monotonic()
+        # Per-run state.
+        self.run_id = 0
+        self.mark = marker(0)
+        self.pattern = re.compile(re.escape(self.mark) + rb"(\d+)#")
+        self.hist = Histogram()
+        self.delivered = 0
+        self.last_delivery_ns = 0
+        self.other_frames = 0
+        self.compressed_frames = 0
+
+    # -- output ----------------------------------------------------------------
+
+    @staticmethod
+    def emit(event: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    def error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    # -- connecting ------------------------------------------------------------
+
+    def start_connect(self, index: int) -> None:
+        opts = self.opts
+        stride = max(1, opts.sample_stride)
+        sampled = index % stride == 0 and index // stride < opts.max_sampled
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if opts.source:
+                sources = opts.source
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((sources[index % len(sources)], 0))
+            rc = sock.connect_ex((opts.host, opts.port))
+        except OSError as exc:
+            sock.close()
+            self.error(errno.errorcode.get(exc.errno or 0, "connect"))
+            return
+        if rc not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.error(errno.errorcode.get(rc, "connect"))
+            return
+        client = Client(index, sock, sampled)
+        self.clients.append(client)
+        self.by_fd[client.fd] = client
+        self.sel.register(sock, WRITE, client)
+        self.in_flight += 1
+
+    def connected(self, c: Client) -> None:
+        err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.fail(c, errno.errorcode.get(err, "connect"))
+            return
+        c.key = base64.b64encode(os.urandom(16))
+        ext = (
+            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            if self.opts.deflate
+            else b""
+        )
+        request = (
+            b"GET %s?name=b%d-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+            b"%s\r\n"
+        ) % (
+            self.opts.path.encode(), self.opts.worker_id, c.index, self.opts.host.encode(),
+            self.opts.port, c.key, ext,
+        )
+        c.state = HANDSHAKE
+        self.sel.modify(c.sock, READ, c)
+        self.write(c, request)
+
+    def handshake_data(self, c: Client, data: bytes) -> None:
+        c.head += data
+        end = c.head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(c.head) > MAX_HEAD_BYTES:
+                self.fail(c, "handshake_too_long")
+            return
+        head, rest = c.head[:end], c.head[end + 4 :]
+        c.head = b""
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ", 2)
+        if len(status) < 2 or status[1] != b"101":
+            code = status[1].decode(errors="replace") if len(status) > 1 else "?"
+            self.fail(c, f"http_{code}")
+            return
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        accept = base64.b64encode(hashlib.sha1(c.key + GUID).digest())
+        if headers.get(b"sec-websocket-accept") != accept:
+            self.fail(c, "bad_accept")
+            return
+        ext = headers.get(b"sec-websocket-extensions", b"").lower()
+        if b"permessage-deflate" in ext:
+            c.deflate = True
+            self.deflate_conns += 1
+            if b"server_no_context_takeover" not in ext:
+                c.inflater = zlib.decompressobj(-15)
+        c.state = OPEN
+        self.in_flight -= 1
+        self.opened += 1
+        self.handshake_end_ns = time.monotonic_ns()
+        if rest:
+            self.frames(c, rest, 0)
+
+    def fail(self, c: Client, why: str) -> None:
+        """A client that never got open."""
+        self.error(why)
+        if c.state in (CONNECTING, HANDSHAKE):
+            self.in_flight -= 1
+        self.drop(c)
+
+    def drop(self, c: Client) -> None:
+        if c.state is CLOSED:
+            return
+        c.state = CLOSED
+        self.by_fd.pop(c.fd, None)
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
+    def lose(self, c: Client, why: str) -> None:
+        """An open connection ended by the server or the network."""
+        if c.state is OPEN:
+            self.lost += 1
+            self.error(why)
+            self.drop(c)
+        else:
+            self.fail(c, why)
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, c: Client, data: bytes) -> None:
+        if c.out:
+            c.out += data
+            return
+        try:
+            sent = c.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.lose(c, "send_error")
+            return
+        if sent < len(data):
+            c.out = data[sent:]
+            self.sel.modify(c.sock, READ | WRITE, c)
+
+    def writable(self, c: Client) -> None:
+        try:
+            sent = c.sock.send(c.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.lose(c, "send_error")
+            return
+        c.out = c.out[sent:]
+        if not c.out:
+            self.sel.modify(c.sock, READ, c)
+
+    # -- reading ---------------------------------------------------------------
+
+    def readable(self, c: Client) -> None:
+        try:
+            data = c.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.lose(c, "recv_error")
+            return
+        if not data:
+            self.lose(c, "eof")
+            return
+        if c.state is not OPEN:
+            self.handshake_data(c, data)
+            return
+        if c.pending:
+            c.pending.append(data)
+            c.pending_len += len(data)
+            if c.pending_len < c.need:
+                return
+            data = b"".join(c.pending)
+            c.pending = []
+            c.pending_len = 0
+        self.frames(c, data, time.monotonic_ns() if c.sampled else 0)
+
+    def frames(self, c: Client, data: bytes, now_ns: int) -> None:
+        """Every complete frame in ``data``; the hot path of the whole harness."""
+        pos = 0
+        n = len(data)
+        count = 0
+        mark = self.mark
+        fast = not c.sampled
+        while n - pos >= 2:
+            b0 = data[pos]
+            length = data[pos + 1]
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if n - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            else:  # a masked server frame is a protocol error
+                self.lose(c, "masked_server_frame")
+                return
+            end = start + length
+            if end > n:
+                break
+            if b0 == 0x81 and fast and c.fragments is None:  # whole text frame, no RSV1
+                count += data.count(mark, start, end)
+            else:
+                self.frame(c, b0, data, start, end, now_ns=now_ns)
+                if c.state is not OPEN:
+                    return
+            pos = end
+        if count:
+            c.delivered += count
+            self.delivered += count
+            self.last_delivery_ns = time.monotonic_ns()
+        if pos < n:
+            rest = data[pos:]
+            c.pending = [rest]
+            c.pending_len = len(rest)
+            c.need = self.frame_size(rest)
+
+    @staticmethod
+    def frame_size(buf: bytes) -> int:
+        """Bytes needed to parse the frame at the start of ``buf`` (header and payload
+        if the header is complete, else one more byte)."""
+        if len(buf) >= 2:
+            length = buf[1] & 0x7F
+            if length < 126:
+                return 2 + length
+            if length == 126 and len(buf) >= 4:
+                return 4 + int.from_bytes(buf[2:4], "big")
+            if length == 127 and len(buf) >= 10:
+                return 10 + int.from_bytes(buf[2:10], "big")
+        return len(buf) + 1
+
+    def frame(self, c: Client, b0: int, data: bytes, start: int, end: int, *, now_ns: int) -> None:
+        """The frames the fast path does not take: sampled, compressed, fragmented,
+        control."""
+        opcode = b0 & 0x0F
+        fin = b0 & 0x80
+        rsv1 = bool(b0 & 0x40)
+        if opcode >= 0x8:
+            if opcode == 0x9:  # ping: answer at once
+                self.write(c, mask_frame(data[start:end], 0xA))
+            elif opcode == 0x8:  # close: answer and go
+                self.write(c, mask_frame(data[start : start + 2], 0x8))
+                self.closed_by_server += 1
+                self.lose(c, f"close_{int.from_bytes(data[start : start + 2], 'big')}")
+            return
+        if opcode != 0x0:  # first frame of a message
+            if fin:
+                self.message(c, rsv1, data, start, end, now_ns=now_ns)
+            else:
+                c.fragments = [data[start:end]]
+                c.fragment_rsv1 = rsv1
+            return
+        if c.fragments is None:
+            self.lose(c, "stray_continuation")
+            return
+        c.fragments.append(data[start:end])
+        if fin:
+            whole = b"".join(c.fragments)
+            c.fragments = None
+            self.message(c, c.fragment_rsv1, whole, 0, len(whole), now_ns=now_ns)
+
+    def message(
+        self, c: Client, compressed: bool, data: bytes, start: int, end: int, *, now_ns: int,
+    ) -> None:
+        if compressed:
+            self.compressed_frames += 1
+            raw = data[start:end] + TAIL
+            try:
+                if c.inflater is not None:
+                    data = c.inflater.decompress(raw)
+                else:
+                    data = zlib.decompressobj(-15).decompress(raw)
+            except zlib.error:
+                self.lose(c, "bad_deflate")
+                return
+            start, end = 0, len(data)
+        mark = self.mark
+        count = data.count(mark, start, end)
+        if not count:
+            self.other_frames += 1
+            return
+        c.delivered += count
+        self.delivered += count
+        self.last_delivery_ns = time.monotonic_ns()
+        if c.sampled:
+            hist = self.hist
+            for m in self.pattern.finditer(data, start, end):
+                hist.add(max(0, now_ns - int(m.group(1))) // 1000)
+
+    # -- commands --------------------------------------------------------------
+
+    def read_stdin(self) -> None:
+        try:
+            chunk = os.read(sys.stdin.fileno(), 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not chunk:
+            self.stdin_eof = True
+            self.sel.unregister(sys.stdin.fileno())
+            return
+        self.stdin_buf += chunk
+        self.parse_commands()
+
+    def parse_commands(self) -> None:
+        while b"\n" in self.stdin_buf:
+            line, self.stdin_buf = self.stdin_buf.split(b"\n", 1)
+            if line.strip():
+                self.commands.append(json.loads(line))
+
+    def next_command(self, deadline: float) -> dict[str, Any] | None:
+        """Serve the sockets until a command arrives (None on EOF or deadline)."""
+        while not self.commands:
+            if self.stdin_eof or time.monotonic() > deadline:
+                return None
+            self.poll(0.05)
+        return self.commands.pop(0)
+
+    # -- the loop --------------------------------------------------------------
+
+    def poll(self, timeout: float) -> None:
+        for key, events in self.sel.select(timeout):
+            c = key.data
+            if c is None:
+                self.read_stdin()
+                continue
+            if c.state is CLOSED:
+                continue
+            if c.state is CONNECTING:
+                self.connected(c)
+                continue
+            if events & WRITE and c.out:
+                self.writable(c)
+                if c.state is CLOSED:
+                    continue
+            if events & READ:
+                self.readable(c)
+
+    def open_all(self) -> None:
+        opts = self.opts
+        # Every worker starts at the instant the orchestrator chose, so their
+        # handshake windows overlap and add up.
+        delay = (opts.connect_at_ns - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            time.sleep(min(delay, 10.0))
+        deadline = time.monotonic() + opts.connect_timeout
+        self.handshake_start_ns = time.monotonic_ns()
+        while time.monotonic() < deadline:
+            while self.to_connect < opts.connections and self.in_flight < opts.concurrency:
+                self.start_connect(self.to_connect)
+                self.to_connect += 1
+            if self.to_connect >= opts.connections and self.in_flight == 0:
+                break
+            self.poll(0.05)
+        else:
+            if self.to_connect < opts.connections:
+                self.errors["not_started"] = opts.connections - self.to_connect
+            for c in list(self.by_fd.values()):
+                if c.state is not OPEN:
+                    self.fail(c, "handshake_timeout")
+
+    def open_clients(self) -> list[Client]:
+        return [c for c in self.clients if c.state is OPEN]
+
+    def run(self, cmd: dict[str, Any], lifetime_deadline: float) -> None:
+        opts = self.opts
+        self.run_id = int(cmd["run"])
+        self.mark = marker(self.run_id)
+        self.pattern = re.compile(re.escape(self.mark) + rb"(\d+)#")
+        self.hist = Histogram()
+        self.delivered = 0
+        self.other_frames = 0
+        self.compressed_frames = 0
+        self.last_delivery_ns = 0
+        closed0, lost0 = self.closed_by_server, self.lost
+        for c in self.clients:
+            c.delivered = 0
+        receivers = self.open_clients()
+        senders = receivers[: opts.senders]
+        rate = float(cmd["rate"])
+        duration = float(cmd["duration"])
+        start_ns = int(cmd["start_ns"])
+        total = round(rate * duration) if senders else 0
+        interval_ns = int(1e9 / rate) if rate > 0 else 0
+        # Message k is due at a random point of its own interval: the mean rate is
+        # exact, and sends do not lock in phase with a server's periodic tick
+        # (10 msg/s against a 50 ms tick would otherwise always hit the same spot).
+        jitter = random.Random(self.run_id * 1000 + opts.worker_id)
+
+        def due_ns(k: int) -> int:
+            return start_ns + int((k + jitter.random()) * interval_ns)
+
+        next_due = due_ns(0)
+        pad = b"x" * opts.message_bytes
+        cpu0 = cpu_seconds()
+        sent = 0
+        max_lag_ns = 0
+        first_send_ns = last_send_ns = 0
+        while sent < total and time.monotonic() < lifetime_deadline:
+            while sent < total and time.monotonic_ns() >= next_due:
+                c = senders[sent % len(senders)]
+                if c.state is OPEN:
+                    t = time.monotonic_ns()
+                    head = b"%s%d#%d.%d#" % (self.mark, t, opts.worker_id, sent)
+                    self.write(c, mask_frame((head + pad)[: max(len(head), opts.message_bytes)]))
+                    if not first_send_ns:
+                        first_send_ns = t
+                    last_send_ns = t
+                    max_lag_ns = max(max_lag_ns, t - next_due)
+                sent += 1
+                next_due = due_ns(sent)
+            if sent >= total:
+                break
+            self.poll(max(0.0, min(0.05, (next_due - time.monotonic_ns()) / 1e9)))
+        self.emit({"event": "sent", "run": self.run_id, "sent": sent})
+        # Drain: until every message sent by every worker reached every receiver
+        # here, or the drain period is over.
+        drain_deadline = time.monotonic() + float(cmd.get("drain", opts.drain))
+        expected: int | None = None
+        while time.monotonic() < min(drain_deadline, lifetime_deadline):
+            for i, pending in enumerate(self.commands):
+                if pending.get("cmd") == "expect" and pending.get("run") == self.run_id:
+                    expected = int(pending["messages"]) * len(receivers)
+                    del self.commands[i]
+                    break
+            if expected is not None and self.delivered >= expected:
+                break
+            if self.stdin_eof:
+                break
+            self.poll(0.02)
+        per_conn = [c.delivered for c in receivers]
+        self.emit({
+            "event": "result",
+            "run": self.run_id,
+            "sent": sent,
+            "receivers": len(receivers),
+            "open_after": len(self.open_clients()),
+            "delivered": self.delivered,
+            "expected": expected,
+            "min_per_conn": min(per_conn, default=0),
+            "max_per_conn": max(per_conn, default=0),
+            "first_send_ns": first_send_ns,
+            "last_send_ns": last_send_ns,
+            "last_delivery_ns": self.last_delivery_ns,
+            "max_send_lag_ms": round(max_lag_ns / 1e6, 3),
+            "latency": self.hist.to_json(),
+            "latency_ms": self.hist.summary_ms(),
+            "samples": self.hist.n,
+            "sampled_receivers": sum(1 for c in receivers if c.sampled),
+            "other_frames": self.other_frames,
+            "compressed_frames": self.compressed_frames,
+            "cpu_s": round(cpu_seconds() - cpu0, 4),
+            "closed_by_server": self.closed_by_server - closed0,
+            "lost": self.lost - lost0,
+            "errors": self.errors,
+        })
+
+    def main(self) -> int:
+        opts = self.opts
+        lifetime_deadline = self.born + opts.max_lifetime
+        try:
+            self.sel.register(sys.stdin.fileno(), READ, None)
+            os.set_blocking(sys.stdin.fileno(), False)
+        except PermissionError:  # a regular file or /dev/null: every command is there now
+            self.stdin_buf = sys.stdin.buffer.read(1 << 20) + b"\n"
+            self.parse_commands()
+            self.stdin_eof = True
+        cpu0 = cpu_seconds()
+        self.open_all()
+        connect_cpu_s = cpu_seconds() - cpu0
+        elapsed = max(1, self.handshake_end_ns - self.handshake_start_ns)
+        self.emit({
+            "event": "ready",
+            "worker": opts.worker_id,
+            "connections": self.opened,
+            "wanted": opts.connections,
+            "deflate_negotiated": self.deflate_conns,
+            "handshake_start_ns": self.handshake_start_ns,
+            "handshake_end_ns": self.handshake_end_ns,
+            "handshakes_per_s": round(self.opened / (elapsed / 1e9), 1) if self.opened else 0,
+            "connect_cpu_s": round(connect_cpu_s, 4),
+            "errors": self.errors,
+            "pid": os.getpid(),
+        })
+        while True:
+            cmd = self.next_command(lifetime_deadline)
+            if cmd is None or cmd.get("cmd") == "stop":
+                break
+            if cmd.get("cmd") == "run":
+                self.run(cmd, lifetime_deadline)
+        self.emit({
+            "event": "bye",
+            "open": len(self.open_clients()),
+            "cpu_s": round(cpu_seconds(), 4),
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "errors": self.errors,
+        })
+        for c in self.clients:
+            self.drop(c)
+        return 0
+
+
+def cpu_seconds() -> float:
+    """This process's user + system CPU time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loopback(value: str) -> str:
+    if not ipaddress.ip_address(value).is_loopback or ":" in value:
+        raise argparse.ArgumentTypeError(f"{value} is not an IPv4 loopback address (127.0.0.0/8)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--host", type=loopback, default="127.0.0.1", help="server address (loopback)")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/")
+    p.add_argument("--connections", type=int, default=100, help="clients to open")
+    p.add_argument("--senders", type=int, default=10, help="of them, how many send")
+    p.add_argument("--message-bytes", type=int, default=100, help="size of each chat text")
+    p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
+    p.add_argument(
+        "--source",
+        type=loopback,
+        action="append",
+        help="source address to bind to, e.g. 127.0.0.2 (repeatable: round robin)",
+    )
+    p.add_argument(
+        "--sample-stride", type=int, default=20, help="every k-th client measures latency",
+    )
+    p.add_argument("--max-sampled", type=int, default=25, help="at most this many such clients")
+    p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight at once")
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--connect-at-ns", type=int, default=0, help="time.monotonic_ns() to start connecting at",
+    )
+    p.add_argument("--drain", type=float, default=5.0, help="default drain after a run (s)")
+    p.add_argument("--max-lifetime", type=float, default=900.0, help="exit after this (s)")
+    p.add_argument("--worker-id", type=int, default=0)
+    p.add_argument("--profile", metavar="FILE", help="write a cProfile of this worker to FILE")
+    return p
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    opts = build_parser().parse_args(list(argv) if argv is not None else None)
+    if not 0 < opts.connections <= 19_000:
+        raise SystemExit("--connections must be 1..19000 (one process may hold ~20k files)")
+    worker = Worker(opts)
+    if opts.profile:
+        import cProfile  # noqa: PLC0415  (a developer's option)
+
+        with cProfile.Profile() as profile:
+            rc = worker.main()
+        profile.dump_stats(opts.profile)
+        return rc
+    return worker.main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
