@@ -327,35 +327,36 @@ class Server:
         elif isinstance(result, Response):
             self._respond(conn, result)
         elif is_upgrade(result):
-            cfg = self.config
-            per_ip = cfg.max_connections_per_ip
-            decision = decide_upgrade(
-                result,
-                ws_paths=cfg.ws_paths,
-                deflate=cfg.deflate,
-                impose_client_no_context=cfg.deflate_client_no_context_takeover,
-                at_capacity=self._open >= self._limit or self._stopping,
-                ip_at_capacity=per_ip > 0 and self._per_ip.get(conn.peer[0], 0) >= per_ip,
-                allowed_origins=cfg.allowed_origins,
-            )
-            if isinstance(decision, Accept):
-                decision_or_identity = self._ask_application(result)
-                if isinstance(decision_or_identity, Response):
-                    self._respond(conn, decision_or_identity, result)
-                else:
-                    conn.identity = decision_or_identity
-                    self._upgrade(conn, result, decision)
-            else:
-                self._respond(conn, decision, result)
+            self._decide_upgrade(conn, result)
         else:
             self._respond(conn, self._plain(result), result)
 
-    def _ask_application(self, request: Request) -> Any:
+    def _decide_upgrade(self, conn: Connection, request: Request) -> None:
+        """The protocol's checks first, then the application's say."""
+        cfg = self.config
+        per_ip = cfg.max_connections_per_ip
+        decision = decide_upgrade(
+            request,
+            ws_paths=cfg.ws_paths,
+            deflate=cfg.deflate,
+            impose_client_no_context=cfg.deflate_client_no_context_takeover,
+            at_capacity=self._open >= self._limit or self._stopping,
+            ip_at_capacity=per_ip > 0 and self._per_ip.get(conn.peer[0], 0) >= per_ip,
+            allowed_origins=cfg.allowed_origins,
+        )
+        if isinstance(decision, Response):
+            self._respond(conn, decision, request)
+            return
         try:
-            return self.handler.on_upgrade(request)
+            verdict = self.handler.on_upgrade(request)
         except Exception:
             log.exception("application error in on_upgrade")
-            return text_response(500, "internal server error")
+            verdict = text_response(500, "internal server error")
+        if isinstance(verdict, Response):
+            self._respond(conn, verdict, request)
+        else:
+            conn.identity = verdict
+            self._upgrade(conn, request, decision)
 
     def _plain(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
