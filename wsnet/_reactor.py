@@ -47,12 +47,15 @@ _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 class Channel:
     """A connected socket as the reactor sees it. Protocols subclass it."""
 
-    __slots__ = ("sock", "outbox", "mask", "dirty", "blocked", "linger", "dead", "tls_pending")
+    __slots__ = (
+        "sock", "outbox", "mask", "dirty", "blocked", "linger", "dead", "tls", "tls_pending",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
         #: A TLS socket whose handshake has not finished yet.
-        self.tls_pending = isinstance(sock, ssl.SSLSocket)
+        self.tls_pending = self.tls
         self.outbox = Outbox()
         self.mask = 0  # selector interest currently registered
         self.dirty = False  # in the reactor's flush list
@@ -254,7 +257,8 @@ class Reactor:
         chunks = box.chunks
         if chunks:
             try:
-                if isinstance(ch.sock, ssl.SSLSocket):
+                if ch.tls:
+                    assert isinstance(ch.sock, ssl.SSLSocket)
                     if self._write_tls(ch.sock, box):
                         # Waiting for writability would spin: retry next flush.
                         ch.blocked = False
@@ -337,7 +341,7 @@ class Reactor:
             else:
                 self.protocol.eof_received(ch)
             # Bytes already decrypted inside OpenSSL never wake the selector.
-            if ch.dead or not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+            if ch.dead or not ch.tls or not sock.pending():  # type: ignore[attr-defined]
                 break
         if not ch.dead:
             self._update_mask(ch)
@@ -371,12 +375,33 @@ class Reactor:
         dirty, self._dirty = self._dirty, []
         for ch in dirty:
             ch.dirty = False
-            if not ch.blocked:
+            if ch.blocked:
+                continue
+            box = ch.outbox
+            chunks = box.chunks
+            if len(chunks) == 1 and ch.mask == READ and not ch.linger and not ch.tls:
+                # The common case, one frame for a reader: one send, no bookkeeping.
                 try:
-                    self._write(ch)
-                except Exception:
-                    log.exception("internal error while writing")
-                    self._lost(ch, None)
+                    sent = ch.sock.send(chunks[0])
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._lost(ch, exc)
+                    continue
+                if sent == box.nbytes:
+                    chunks.clear()
+                    box.nbytes = 0
+                    box.partial = False
+                    continue
+                box.consume(sent)
+                ch.blocked = True
+                self._update_mask(ch)
+                continue
+            try:
+                self._write(ch)
+            except Exception:
+                log.exception("internal error while writing")
+                self._lost(ch, None)
 
     @staticmethod
     def _timer_failed(exc: BaseException) -> None:
@@ -396,9 +421,23 @@ class Reactor:
             self._arm_tick()
 
     def _arm_tick(self) -> None:
-        if self.flush_interval > 0:
-            when = next_tick(self._origin, self.flush_interval, self.clock())
-            self._tick_timer = self.timers.call_at(when, self._on_tick)
+        """Schedule the next tick on the grid ``origin + k * flush_interval``.
+
+        A tick that overran its period (a flush to many sockets can) is followed
+        at once by the latest grid point it missed, so queued data waits no extra
+        period; older missed points are skipped, never fired in a burst.
+        """
+        period = self.flush_interval
+        if period <= 0:
+            return
+        now = self.clock()
+        when = next_tick(self._origin, period, now - period)
+        last = self._tick_timer
+        if last is not None and when <= last.when:
+            when = next_tick(self._origin, period, last.when)
+        elif last is None and when <= now:
+            when = next_tick(self._origin, period, now)
+        self._tick_timer = self.timers.call_at(when, self._on_tick)
 
     # -- the loop ------------------------------------------------------------
 
