@@ -21,9 +21,10 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -255,6 +256,18 @@ def ws_connect(url: str, **options: object) -> connect:
     return connect(url, **settings)  # type: ignore[arg-type]
 
 
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
+    """Run one async scenario on a fresh loop, bounded as a whole."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def welcome(ws: ClientConnection) -> dict[str, object]:
+    """The first frame of a chat connection: exactly one welcome event."""
+    events = await recv_json(ws)
+    assert len(events) == 1 and events[0]["type"] == "welcome", events
+    return events[0]
+
+
 async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> list[dict[str, object]]:
     """The next frame from the chat server, which must be a JSON array of events."""
     raw = await asyncio.wait_for(ws.recv(), timeout)
@@ -340,34 +353,6 @@ def parse_frames(data: bytes) -> tuple[list[Frame], bytes]:
         frame, used = parsed
         frames.append(frame)
         pos += used
-
-
-def build_frame(
-    opcode: int,
-    payload: bytes,
-    *,
-    fin: bool = True,
-    rsv1: bool = False,
-    rsv2: bool = False,
-    rsv3: bool = False,
-    mask: bool = True,
-    key: bytes | None = None,
-) -> bytes:
-    """Any frame, including ones the RFC forbids (for negative tests)."""
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0)
-    b0 |= (0x10 if rsv3 else 0) | (opcode & 0x0F)
-    n = len(payload)
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((b0, mbit | n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mbit | 127, n)
-    if not mask:
-        return head + payload
-    key = key if key is not None else os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def inflate_message(payload: bytes) -> bytes:

@@ -5,6 +5,7 @@ client peer. Nothing here opens a socket.
 from __future__ import annotations
 
 import itertools
+import os
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,34 @@ def byte_by_byte(data: bytes) -> list[bytes]:
 # ----------------------------------------------------------------------------
 
 
+def build_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+    rsv2: bool = False,
+    rsv3: bool = False,
+    mask: bool = True,
+    key: bytes | None = None,
+) -> bytes:
+    """Any frame, including ones the RFC forbids (for negative tests)."""
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0)
+    b0 |= (0x10 if rsv3 else 0) | (opcode & 0x0F)
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((b0, mbit | n))
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    key = key if key is not None else os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
 def raw_frame(
     opcode: int,
     payload: bytes = b"",
@@ -109,20 +138,8 @@ def raw_frame(
     masked: bool = True,
     mask_key: bytes = b"\x37\xfa\x21\x3d",
 ) -> bytes:
-    """One client frame built by hand, including frames the RFC forbids."""
-    first = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    mask_bit = 0x80 if masked else 0
-    n = len(payload)
-    if n < 126:
-        head = bytes((first, mask_bit | n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", first, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, n)
-    if not masked:
-        return head + payload
-    body = bytes(b ^ mask_key[i % 4] for i, b in enumerate(payload))
-    return head + mask_key + body
+    """A client frame with a fixed mask key, so sans-I/O runs repeat exactly."""
+    return build_frame(opcode, payload, fin=fin, rsv1=rsv1, mask=masked, key=mask_key)
 
 
 def client_deflate(response_header: str) -> PerMessageDeflate:

@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ from conftest import (
     ThreadedServer,
     _read_line_with_deadline,
     _server_env,
-    build_frame,
     parse_frames,
     parse_http_head,
     recv_json,
@@ -54,6 +54,10 @@ from conftest import (
     upgrade_request,
     ws_connect,
 )
+from conftest import (
+    run as run_bounded,
+)
+from helpers import build_frame
 
 from wsnet import Config
 from wsnet.chat import ChatApp
@@ -71,8 +75,7 @@ DEFAULTS = Config()
 # ----------------------------------------------------------------------------
 
 
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+run = partial(run_bounded, timeout=30.0)
 
 
 def fd_count(pid: int) -> int:

@@ -10,7 +10,6 @@ import json
 import statistics
 import time
 import zlib
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -22,28 +21,19 @@ from conftest import (
     RawClientFactory,
     ServerFactory,
     ServerProcess,
-    build_frame,
     http_get,
     inflate_message,
     read_response,
     recv_json,
+    run,
+    welcome,
     ws_connect,
 )
+from helpers import build_frame
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 Event = dict[str, Any]
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
-    """Run one scenario on a fresh loop, bounded as a whole."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def welcome(ws: ClientConnection) -> Event:
-    events = await recv_json(ws)
-    assert len(events) == 1 and events[0]["type"] == "welcome", events
-    return events[0]
 
 
 async def next_messages(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[Event]:

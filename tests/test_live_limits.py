@@ -13,7 +13,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from conftest import (
     RawClient,
     RawClientFactory,
     ServerFactory,
-    build_frame,
     http_get,
     launch,
     parse_frames,
@@ -38,6 +37,10 @@ from conftest import (
     upgrade_request,
     ws_connect,
 )
+from conftest import (
+    run as run_bounded,
+)
+from helpers import build_frame
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
@@ -48,8 +51,7 @@ KIB = 1024
 MIB = 1024 * KIB
 
 
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+run = partial(run_bounded, timeout=30.0)
 
 
 def healthz(port: int) -> dict[str, Any]:

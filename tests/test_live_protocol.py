@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,23 +28,20 @@ from conftest import (
     ServerFactory,
     ServerProcess,
     ThreadedServer,
-    build_frame,
     parse_frames,
     read_response,
     recv_json,
+    run,
     start_server,
     upgrade_request,
     ws_connect,
 )
+from helpers import build_frame
 from websockets.exceptions import ConnectionClosed
 
 from wsnet.chat import ChatApp
 
 InProcessFactory = Callable[..., ThreadedServer]
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.fixture(scope="module")

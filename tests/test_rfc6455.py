@@ -20,7 +20,8 @@ import random
 import struct
 import time
 import zlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -34,12 +35,15 @@ from conftest import (
     Frame,
     RawClient,
     ServerProcess,
-    build_frame,
     parse_frame,
     parse_frames,
     start_server,
     ws_connect,
 )
+from conftest import (
+    run as run_bounded,
+)
+from helpers import build_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.extensions.permessage_deflate import (
@@ -83,8 +87,7 @@ def client(echo: ServerProcess) -> Iterator[RawClient]:
         yield raw
 
 
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+run = partial(run_bounded, timeout=30.0)
 
 
 def describe(frame: Frame) -> str:

@@ -9,7 +9,6 @@ every wait has a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -23,7 +22,7 @@ import sys
 import time
 import urllib.request
 import warnings
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -46,7 +45,9 @@ from conftest import (
     launch,
     parse_http_head,
     recv_json,
+    run,
     upgrade_request,
+    welcome,
     ws_connect,
 )
 from hypothesis import given, settings
@@ -66,17 +67,6 @@ InProcessFactory = Callable[..., ThreadedServer]
 
 SECRET = b"correct horse battery staple"
 LISTEN_WSS = re.compile(r"wsnet chat listening on wss://127\.0\.0\.1:(\d+)/")
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
-    """One async scenario on a fresh loop, bounded as a whole."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def welcome(ws: ClientConnection) -> Event:
-    events = await recv_json(ws)
-    assert len(events) == 1 and events[0]["type"] == "welcome", events
-    return events[0]
 
 
 async def next_message(ws: ClientConnection, timeout: float = 5.0) -> Event:
