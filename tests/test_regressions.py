@@ -6,11 +6,14 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import ServerFactory, ThreadedServer
@@ -20,6 +23,7 @@ from websockets.asyncio.client import connect
 import wsnet
 from wsnet._clock import Timers
 from wsnet._deflate import DeflateParams
+from wsnet._limits import TokenBucket
 from wsnet._reactor import Channel, Reactor
 from wsnet.chat import ChatError, parse_command
 from wsnet.tokens import TokenError, make_token, verify_token
@@ -191,3 +195,78 @@ def test_a_frame_at_the_limit_is_still_read() -> None:
     payload = b"x" * (64 * 1024)
     run = feed_session([raw_frame(0x2, payload)], max_message_bytes=len(payload))
     assert run.close_code is None and run.messages == [payload]
+
+
+def test_a_paced_flood_piles_up_strikes_a_pause_forgives() -> None:
+    rate, burst = 50.0, 100
+    bucket = TokenBucket(burst, now=0.0)
+    now = 0.0
+    # 500 msg/s, far above the limit but slow enough that a token trickles in
+    # between most refusals: strikes must still pile up.
+    for _ in range(400):
+        now += 0.002
+        bucket.take(now, rate, burst)
+    assert bucket.strikes >= 100
+    # A pause long enough to refill half the bucket forgives the flood.
+    bucket.take(now + burst / 2 / rate, rate, burst)
+    assert bucket.strikes == 0
+
+
+def test_fragmented_compressed_message_under_the_limit_is_accepted() -> None:
+    # A client that sync-flushes every fragment adds a few bytes per frame.
+    payload = os.urandom(1_032_192)  # 16 KiB under the 1 MiB limit
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    pieces = [payload[i : i + 252] for i in range(0, len(payload), 252)]
+    frames = []
+    for i, piece in enumerate(pieces):
+        body = comp.compress(piece) + comp.flush(zlib.Z_SYNC_FLUSH)
+        last = i == len(pieces) - 1
+        if last:
+            body = body[:-4]
+        frames.append(raw_frame(0x2 if i == 0 else 0x0, body, fin=last, rsv1=i == 0))
+    wire = b"".join(frames)
+    assert len(wire) > len(payload) + len(payload) // 1024 + 1024  # the old bound
+    run = feed_session(
+        [wire[i : i + 65536] for i in range(0, len(wire), 65536)],
+        deflate=DeflateParams(15, True),
+    )
+    assert run.close_code is None
+    assert run.messages == [payload]
+
+
+def test_one_address_cannot_hold_more_than_twice_its_limit_in_sockets(
+    inprocess_server: Callable[..., ThreadedServer],
+) -> None:
+    server = inprocess_server(wsnet.Handler(), max_connections_per_ip=2)
+    hogs = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        extra.settimeout(5)
+        # Closed at accept, with no HTTP answer: EOF (or a reset) at once.
+        try:
+            assert extra.recv(100) == b""
+        except ConnectionResetError:
+            pass
+        extra.close()
+        # Another address is not affected.
+        other = socket.socket()
+        other.bind(("127.0.0.2", 0))
+        other.settimeout(5)
+        other.connect(("127.0.0.1", server.port))
+        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert other.recv(100).startswith(b"HTTP/1.1 200 ")
+        other.close()
+    finally:
+        for sock in hogs:
+            sock.close()
+
+
+def test_auth_secret_file_with_the_echo_app_is_an_error(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s3cret\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsnet", "--app", "echo", "--auth-secret-file", str(secret)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert proc.returncode == 2
+    assert "applies to the chat app" in proc.stderr

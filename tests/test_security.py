@@ -861,7 +861,10 @@ def test_auth_secret_file(server_factory: ServerFactory, tmp_path: Path) -> None
     )
     assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()
-    assert verify_token(b"file secret", token, time.time()) == "cat"
+    # One trailing newline is dropped; every other byte (spaces too) is the secret.
+    assert verify_token(b"  file secret", token, time.time()) == "cat"
+    with pytest.raises(TokenError):
+        verify_token(b"file secret", token, time.time())
 
     server = server_factory("--auth-secret-file", str(secret_file))
     assert attempt_upgrade(server.port, "/?name=cat").status == 403

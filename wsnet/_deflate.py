@@ -218,6 +218,8 @@ class Deflate(Extension):
             return CloseReason.PROTOCOL_ERROR  # §6.1: RSV1 only on a first frame
         if opcode.iscontrol():
             return RsvBits(True, False, False)
+        # A client may sync-flush every fragment: a few bytes of framing each.
+        self._wire_room += 16
         if self._compressed is None:  # first frame of a message
             self._compressed = rsv.rsv1
             self._room = self.max_message_bytes

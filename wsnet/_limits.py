@@ -3,8 +3,9 @@
 A token bucket: ``rate`` messages per second on average, ``burst`` at once. A
 chat user typing, or a benchmark sender at 20 msg/s, never empties it; a flood
 does, and then each further message is refused until tokens trickle back.
-``strikes`` counts refusals in a row, so a peer that keeps flooding after being
-told can be closed, while one that slows down is forgiven at once.
+``strikes`` counts refusals since the bucket was last half full: a flood at any
+rate above the limit keeps the bucket near empty and piles up strikes (so it can
+be closed), while a client that paused long enough to refill half is forgiven.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class TokenBucket:
     def __init__(self, burst: float, now: float) -> None:
         self.tokens = burst
         self.stamp = now
-        #: Messages refused since the last one admitted.
+        #: Messages refused since the bucket was last at least half full.
         self.strikes = 0
 
     def take(self, now: float, rate: float, burst: float) -> bool:
@@ -26,9 +27,10 @@ class TokenBucket:
         tokens = self.tokens + (now - self.stamp) * rate
         self.tokens = burst if tokens > burst else tokens
         self.stamp = now
+        if self.tokens * 2 >= burst:
+            self.strikes = 0
         if self.tokens >= 1.0:
             self.tokens -= 1.0
-            self.strikes = 0
             return True
         self.strikes += 1
         return False

@@ -67,7 +67,7 @@ class Channel:
 class ReactorProtocol(Protocol):
     """What the reactor calls; ``server.Server`` implements it."""
 
-    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel: ...
+    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None: ...
     def data_received(self, ch: Channel, data: bytes) -> None: ...
     def eof_received(self, ch: Channel) -> None: ...
     def connection_lost(self, ch: Channel, exc: OSError | None) -> None: ...
@@ -168,6 +168,9 @@ class Reactor:
                 sock.close()
                 continue
             ch = self.protocol.connection_made(sock, peer[:2])
+            if ch is None:  # refused by the protocol: no answer, no state
+                sock.close()
+                continue
             self._set_mask(ch, READ)
 
     def _pause_accepting(self, exc: OSError) -> None:
@@ -260,9 +263,10 @@ class Reactor:
                 if ch.tls:
                     assert isinstance(ch.sock, ssl.SSLSocket)
                     if self._write_tls(ch.sock, box):
-                        # Waiting for writability would spin: retry next flush.
+                        # Waiting for writability would spin: read (whatever the
+                        # backlog) and retry at the next flush.
                         ch.blocked = False
-                        self._update_mask(ch)
+                        self._set_mask(ch, READ)
                         self.mark_dirty(ch)
                         return
                 else:

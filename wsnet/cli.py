@@ -50,7 +50,10 @@ def _read_secret(path: str | None) -> bytes | None:
     file is an error (raised as ValueError), never a silent "no authentication"."""
     if path is not None:
         with open(path, "rb") as f:
-            secret = f.read().strip()
+            secret = f.read()
+        # One line ending, as editors and `echo` add, is not part of the secret;
+        # anything else is, byte for byte, as the minting service sees it.
+        secret = secret.removesuffix(b"\n").removesuffix(b"\r")
         if not secret:
             raise ValueError(f"{path} is empty")
         return secret
@@ -188,6 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
         return 0
     app_class = APPS[args.app]
+    if secret is not None and app_class is not ChatApp:
+        if args.auth_secret_file is not None:
+            parser.error(f"--auth-secret-file applies to the chat app, not --app {args.app}")
+        logging.getLogger("wsnet").warning(
+            "%s is set but --app %s has no authentication", SECRET_ENV, args.app,
+        )
     try:
         config = config_from_args(args, app_class)
     except ValueError as exc:

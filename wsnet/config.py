@@ -74,7 +74,8 @@ class Config:
     #: 0 disables the limit.
     rate_limit: float = 50.0
     rate_burst: int = 100
-    #: Refused messages in a row before the flooder is closed with 1008.
+    #: Refused messages (since the bucket was last half full) before the flooder
+    #: is closed with 1008.
     rate_limit_close_after: int = 100
 
     #: Browser origins allowed to open a WebSocket (e.g. "https://chat.example");
@@ -86,8 +87,9 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
 
-    #: Keepalive: a ping every ping_interval seconds, and a close (1011) if no
-    #: pong arrives within ping_timeout. ping_interval 0 disables keepalive.
+    #: Keepalive: a ping every ping_interval seconds (every ping_timeout if that
+    #: is longer), and a close (1011) if no pong arrives within ping_timeout.
+    #: ping_interval 0 disables keepalive.
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: How long we wait for the peer's close frame, and then for its FIN, before

@@ -167,7 +167,7 @@ class Handler:
 
     def on_rate_limited(self, conn: Connection) -> None:
         """A message from ``conn`` was dropped by the rate limit (called for the
-        first of each run of refusals; the run closes 1008 if it goes on)."""
+        first refusal of a flood; the flood closes 1008 if it goes on)."""
 
     def on_http(self, request: Request) -> Response | None:
         """Answer a plain (non-upgrade) GET or HEAD; None falls through to the
@@ -195,7 +195,8 @@ class Server:
         self.address: tuple[str, int] | None = None
         self._conns: set[Connection] = set()
         self._open = 0
-        self._per_ip: dict[str, int] = {}
+        self._per_ip: dict[str, int] = {}  # open WebSockets per client address
+        self._sockets_per_ip: dict[str, int] = {}  # sockets in any phase
         self._next_id = 0
         self._limit = self.config.connection_limit
         self._over_limit: list[Connection] = []
@@ -265,13 +266,12 @@ class Server:
             else:
                 frame = session.frame_for(message)
             box = conn.outbox
-            backlog = box.nbytes
+            if box.nbytes > limit:
+                self._flag_slow(conn)
+                continue
             box.append(frame)
             queued += 1
-            if backlog > limit:
-                self._flag_slow(conn)
-            else:
-                mark_dirty(conn)
+            mark_dirty(conn)
         return queued
 
     def statistics(self) -> dict[str, object]:
@@ -283,7 +283,16 @@ class Server:
 
     # -- reactor protocol ----------------------------------------------------
 
-    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel:
+    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None:
+        per_ip = self.config.max_connections_per_ip
+        ip = peer[0]
+        sockets = self._sockets_per_ip.get(ip, 0)
+        if per_ip and sockets >= 2 * per_ip:
+            # Sockets still in their handshake or closing count too, or one address
+            # could hold every descriptor with requests it never finishes. Twice
+            # the limit leaves room for reconnects while old sockets close.
+            return None
+        self._sockets_per_ip[ip] = sockets + 1
         self._next_id += 1
         conn = Connection(self, sock, peer, self._next_id)
         conn.http = HttpReader(self.config.max_header_bytes)
@@ -487,12 +496,11 @@ class Server:
         session = conn.session
         if conn.phase is not OPEN or session is None or conn.over_limit:
             return False
-        backlog = conn.outbox.nbytes
-        session.send(message)
-        if backlog > self.config.outbox_limit:
+        if conn.outbox.nbytes > self.config.outbox_limit:
             self._flag_slow(conn)
-        else:
-            self.reactor.mark_dirty(conn)
+            return False
+        session.send(message)
+        self.reactor.mark_dirty(conn)
         return True
 
     def _flag_slow(self, conn: Connection) -> None:
@@ -500,7 +508,8 @@ class Server:
 
         The limit applies to what was already waiting, not to the frame being
         added: one large batch must not condemn a client that reads at once, and
-        memory per client stays under the limit plus one frame.
+        memory per client stays under the limit plus one frame. The message that
+        found the backlog over the limit is not queued.
 
         Deferred so that applications never see ``on_close`` from inside their
         own ``send`` or ``broadcast`` loops over a set they are iterating.
@@ -572,7 +581,14 @@ class Server:
         conn.phase = DONE
         conn.http = None
         self.reactor.close(conn)
-        self._conns.discard(conn)
+        if conn in self._conns:
+            self._conns.remove(conn)
+            ip = conn.peer[0]
+            left = self._sockets_per_ip[ip] - 1
+            if left:
+                self._sockets_per_ip[ip] = left
+            else:
+                del self._sockets_per_ip[ip]
 
     # -- shutdown ------------------------------------------------------------
 
