@@ -51,6 +51,15 @@ def tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _release(counts: dict[str, int], key: str) -> None:
+    """Count one down, forgetting keys at zero so the dict holds only live ones."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 class Phase(Enum):
     HTTP = "http"  # reading the request
     OPEN = "open"  # WebSocket open
@@ -76,7 +85,6 @@ class Connection(Channel):
         "context",
         "identity",
         "bucket",
-        "ping_outstanding",
         "over_limit",
     )
 
@@ -99,7 +107,6 @@ class Connection(Channel):
         #: What ``Handler.on_upgrade`` returned for this connection (who it is).
         self.identity: Any = None
         self.bucket: TokenBucket | None = None
-        self.ping_outstanding = False
         self.over_limit = False
 
     @property
@@ -483,12 +490,7 @@ class Server:
         assert session is not None and session.close_code is not None
         conn.phase = CLOSING
         self._open -= 1
-        ip = conn.peer[0]
-        left = self._per_ip[ip] - 1
-        if left:
-            self._per_ip[ip] = left
-        else:
-            del self._per_ip[ip]
+        _release(self._per_ip, conn.peer[0])
         self._arm(conn, self.config.close_timeout, self._drop)
         self._call_app(None, self.handler.on_close, conn, session.close_code, session.close_reason)
 
@@ -551,7 +553,6 @@ class Server:
             return
         cfg = self.config
         session.ping(b"wsnet")
-        conn.ping_outstanding = True
         self.reactor.mark_dirty(conn)
         self._arm(conn, cfg.ping_timeout, self._check_pong)
 
@@ -565,7 +566,6 @@ class Server:
             session.fail(1011, "keepalive ping timeout")
             self._after_websocket(conn)
             return
-        conn.ping_outstanding = False
         self._arm(conn, max(0.0, cfg.ping_interval - cfg.ping_timeout), self._ping)
 
     def _drop(self, conn: Connection) -> None:
@@ -583,12 +583,7 @@ class Server:
         self.reactor.close(conn)
         if conn in self._conns:
             self._conns.remove(conn)
-            ip = conn.peer[0]
-            left = self._sockets_per_ip[ip] - 1
-            if left:
-                self._sockets_per_ip[ip] = left
-            else:
-                del self._sockets_per_ip[ip]
+            _release(self._sockets_per_ip, conn.peer[0])
 
     # -- shutdown ------------------------------------------------------------
 
