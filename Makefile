@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean bench bench-quick
+.PHONY: run test lint typecheck unit clean bench bench-quick browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv \
@@ -37,7 +37,13 @@ lint: $(VENV)/.test
 typecheck: $(VENV)/.test
 	$(BIN)/mypy wsnet
 
-unit: $(VENV)/.test
+# The browser test drives Debian's Chromium (Playwright's own browser download is
+# neither needed nor possible here). Installing it needs root, as apt-get does.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+unit: $(VENV)/.test browser
 	$(BIN)/python -m pytest -q
 
 ## make bench [ARGS="--servers wsnet,websockets --scenarios idle"]: the full benchmark
