@@ -411,12 +411,11 @@ def test_send_only_while_open() -> None:
     peer = ClientPeer()
     session = new_session()
     assert session.send(Outgoing("one"))
-    assert session.send_frame(Outgoing(b"two").plain())
+    assert session.send(Outgoing(b"two"))
     assert peer.messages(drain(session.out)) == ["one", b"two"]
     session.close()
     drain(session.out)
     assert not session.send(Outgoing("late"))
-    assert not session.send_frame(Outgoing("late").plain())
     session.ping()
     assert drain(session.out) == b""
 

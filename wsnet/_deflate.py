@@ -218,8 +218,6 @@ class Deflate(Extension):
             return CloseReason.PROTOCOL_ERROR  # §6.1: RSV1 only on a first frame
         if opcode.iscontrol():
             return RsvBits(True, False, False)
-        # A client may sync-flush every fragment: a few bytes of framing each.
-        self._wire_room += 16
         if self._compressed is None:  # first frame of a message
             self._compressed = rsv.rsv1
             self._room = self.max_message_bytes
@@ -230,6 +228,10 @@ class Deflate(Extension):
             self._wire_room = limit + limit // 1024 + 1024  # as _session._frame_limit
             if rsv.rsv1 and self._inflater is None:
                 self._inflater = zlib.decompressobj(-15)
+        else:
+            # A client may sync-flush every fragment: a few bytes of framing each
+            # (the fragment count itself is bounded by max_fragments).
+            self._wire_room += 16
         return RsvBits(True, False, False)
 
     def _inflate(self, data: bytes) -> bytes | CloseReason:

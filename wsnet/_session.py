@@ -167,13 +167,6 @@ class Session:
         self._push(self.frame_for(message))
         return True
 
-    def send_frame(self, frame: bytes) -> bool:
-        """Queue an already-encoded frame made by ``frame_for`` for this peer."""
-        if self._ws.state is not _OPEN:
-            return False
-        self._push(frame)
-        return True
-
     def ping(self, payload: bytes = b"") -> None:
         if self._ws.state is _OPEN:
             self.pong_seen = False
