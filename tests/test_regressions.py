@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 from conftest import ServerFactory, ThreadedServer
 from helpers import close_code_of, feed_session, raw_frame
 from websockets.asyncio.client import connect
@@ -26,6 +28,7 @@ from wsnet._deflate import DeflateParams
 from wsnet._limits import TokenBucket
 from wsnet._reactor import Channel, Reactor
 from wsnet.chat import ChatError, parse_command
+from wsnet.server import tls_context
 from wsnet.tokens import TokenError, make_token, verify_token
 
 
@@ -270,3 +273,15 @@ def test_auth_secret_file_with_the_echo_app_is_an_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "applies to the chat app" in proc.stderr
+
+
+def test_tls_context_refuses_renegotiation_and_old_versions(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    context = tls_context(wsnet.Config(certfile=str(certfile), keyfile=str(keyfile)))
+    assert context is not None
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
