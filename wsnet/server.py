@@ -250,10 +250,6 @@ class Server:
         """Begin a graceful shutdown (safe from other threads and signal handlers)."""
         self.reactor.request_stop()
 
-    @property
-    def open_connections(self) -> int:
-        return self._open
-
     def broadcast(self, conns: Iterable[Connection], data: str | bytes) -> int:
         """Send one message to many connections, encoded once.
 
