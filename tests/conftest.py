@@ -261,10 +261,15 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 20.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
+WELCOME_FRAME_EVENTS = {"presence", "gap", "message", "error"}
+
+
 async def welcome(ws: ClientConnection) -> dict[str, object]:
-    """The first frame of a chat connection: exactly one welcome event."""
+    """The first frame of a chat connection: the welcome event, then only what
+    belongs to it (URL errors, the default room's presence and replay)."""
     events = await recv_json(ws)
-    assert len(events) == 1 and events[0]["type"] == "welcome", events
+    assert events[0]["type"] == "welcome", events
+    assert {e["type"] for e in events[1:]} <= WELCOME_FRAME_EVENTS, events
     return events[0]
 
 

@@ -1,5 +1,6 @@
 """The chat wire protocol v1 (DESIGN §2), without sockets: one client text frame
-in, one command (or the reason it is refused) out."""
+in, one command (or the reason it is refused) out; the upgrade URL's query in,
+what the connection asked for out."""
 
 from __future__ import annotations
 
@@ -10,11 +11,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsnet.chat import MAX_TEXT_CHARS, ChatError, SendMessage, encode_event, parse_command
+from wsnet.chat.protocol import (
+    MAX_TEXT_CHARS,
+    ChatError,
+    Command,
+    Hello,
+    Join,
+    Leave,
+    Nick,
+    SendMessage,
+    encode_event,
+    parse_command,
+    parse_hello,
+    valid_name,
+    valid_room,
+)
 
 
-def msg(text: str, room: str = "lobby") -> SendMessage:
-    return SendMessage(room, text)
+def msg(text: str, room: str | None = None, cid: str | None = None) -> SendMessage:
+    return SendMessage(room, text, cid)
 
 
 def cmd(**fields: object) -> str:
@@ -23,23 +38,24 @@ def cmd(**fields: object) -> str:
 
 LONG = "x" * (MAX_TEXT_CHARS + 1)
 
-# frame text -> expected result (a SendMessage, or the error code of a ChatError)
-COMMANDS: list[tuple[str, str, SendMessage | str]] = [
+# frame text -> expected result (a command, or the error code of a ChatError)
+COMMANDS: list[tuple[str, str, Command | str]] = [
     ("plain text", "hello", msg("hello")),
     ("plain text with spaces", "  hi there  ", msg("  hi there  ")),
     ("non-ASCII text", "h\xe9 \u2713 \U0001f600", msg("h\xe9 \u2713 \U0001f600")),
     ("message command", cmd(type="message", text="hi"), msg("hi")),
-    ("message command with room", cmd(type="message", room="lobby", text="hi"), msg("hi")),
-    ("message to another room", cmd(type="message", room="r2", text="hi"), msg("hi", "r2")),
+    ("message command with room", cmd(type="message", room="dev", text="hi"), msg("hi", "dev")),
+    ("message with cid", cmd(type="message", text="hi", cid="k1"), msg("hi", None, "k1")),
+    ("cid of 64", cmd(type="message", text="hi", cid="c" * 64), msg("hi", None, "c" * 64)),
+    ("cid of 65", cmd(type="message", text="hi", cid="c" * 65), "bad_command"),
+    ("empty cid", cmd(type="message", text="hi", cid=""), "bad_command"),
+    ("cid not a string", cmd(type="message", text="hi", cid=7), "bad_command"),
     ("extra fields ignored", cmd(type="message", text="hi", color="red"), msg("hi")),
     ("JSON without type", cmd(text="hi"), "bad_command"),
     ("type not a string", cmd(type=3, text="hi"), "bad_command"),
     ("type null", cmd(type=None), "bad_command"),
     ("unknown type", cmd(type="dance"), "unknown_type"),
     ("type in other case", cmd(type="MESSAGE", text="hi"), "unknown_type"),
-    ("join not served", cmd(type="join", room="r"), "unsupported"),
-    ("leave not served", cmd(type="leave", room="r"), "unsupported"),
-    ("nick not served", cmd(type="nick", name="ann"), "unsupported"),
     ("empty text", "", "empty_text"),
     ("blank text", " \t\n ", "empty_text"),
     ("empty message command", cmd(type="message", text=""), "empty_text"),
@@ -48,11 +64,44 @@ COMMANDS: list[tuple[str, str, SendMessage | str]] = [
     ("command text too long", cmd(type="message", text=LONG), "text_too_long"),
     ("longest text", "x" * MAX_TEXT_CHARS, msg("x" * MAX_TEXT_CHARS)),
     ("limit counts characters", "\xe9" * MAX_TEXT_CHARS, msg("\xe9" * MAX_TEXT_CHARS)),
+    ("lone surrogate", '{"type":"message","text":"\\ud800"}', "bad_text"),
     ("text not a string", cmd(type="message", text=5), "bad_command"),
     ("text is a list", cmd(type="message", text=["a"]), "bad_command"),
     ("text missing", cmd(type="message"), "bad_command"),
     ("room not a string", cmd(type="message", room=5, text="a"), "bad_command"),
-    ("room null", cmd(type="message", room=None, text="a"), "bad_command"),
+    ("room null means default", cmd(type="message", room=None, text="a"), msg("a")),
+    ("message to a bad room name", cmd(type="message", room="a b", text="a"), "bad_room"),
+    ("join", cmd(type="join", room="dev"), Join("dev")),
+    ("join with since", cmd(type="join", room="dev", since=41), Join("dev", 41)),
+    ("join with since and epoch", cmd(type="join", room="dev", since=0, epoch="ab"),
+     Join("dev", 0, "ab")),
+    ("join without room", cmd(type="join"), "bad_command"),
+    ("join room not a string", cmd(type="join", room=["dev"]), "bad_command"),
+    ("join empty room name", cmd(type="join", room=""), "bad_room"),
+    ("join room name too long", cmd(type="join", room="r" * 65), "bad_room"),
+    ("join longest room name", cmd(type="join", room="r" * 64), Join("r" * 64)),
+    ("join room with slash", cmd(type="join", room="a/b"), "bad_room"),
+    ("join non-ASCII room", cmd(type="join", room="caf\xe9"), Join("caf\xe9")),
+    ("since negative", cmd(type="join", room="dev", since=-1), "bad_command"),
+    ("since a string", cmd(type="join", room="dev", since="4"), "bad_command"),
+    ("since a float", cmd(type="join", room="dev", since=4.0), "bad_command"),
+    ("since true", cmd(type="join", room="dev", since=True), "bad_command"),
+    ("epoch a number", cmd(type="join", room="dev", since=1, epoch=5), "bad_command"),
+    ("epoch too long", cmd(type="join", room="dev", since=1, epoch="e" * 33), "bad_command"),
+    ("leave", cmd(type="leave", room="dev"), Leave("dev")),
+    ("leave without room", cmd(type="leave"), "bad_command"),
+    ("leave bad room name", cmd(type="leave", room="<x>"), "bad_room"),
+    ("nick", cmd(type="nick", name="ann"), Nick("ann")),
+    ("nick with inner space", cmd(type="nick", name="Ann Lee"), Nick("Ann Lee")),
+    ("nick non-ASCII", cmd(type="nick", name="Zo\xeb"), Nick("Zo\xeb")),
+    ("nick without name", cmd(type="nick"), "bad_command"),
+    ("nick name not a string", cmd(type="nick", name=1), "bad_command"),
+    ("nick empty", cmd(type="nick", name=""), "bad_name"),
+    ("nick too long", cmd(type="nick", name="n" * 33), "bad_name"),
+    ("nick leading space", cmd(type="nick", name=" ann"), "bad_name"),
+    ("nick double space", cmd(type="nick", name="a  b"), "bad_name"),
+    ("nick with markup", cmd(type="nick", name="<b>"), "bad_name"),
+    ("nick with newline", cmd(type="nick", name="a\nb"), "bad_name"),
     ("broken JSON", '{"type": "message", "text": ', msg('{"type": "message", "text": ')),
     ("single brace", "{", msg("{")),
     ("braces in prose", "{we} should meet", msg("{we} should meet")),
@@ -67,21 +116,24 @@ COMMANDS: list[tuple[str, str, SendMessage | str]] = [
 @pytest.mark.parametrize(
     ("text", "expected"), [c[1:] for c in COMMANDS], ids=[c[0] for c in COMMANDS],
 )
-def test_parse_command(text: str, expected: SendMessage | str) -> None:
+def test_parse_command(text: str, expected: Command | str) -> None:
     result = parse_command(text)
-    if isinstance(expected, SendMessage):
-        assert result == expected
-    else:
+    if isinstance(expected, str):
         assert isinstance(result, ChatError), result
         assert result.error == expected
         assert result.detail  # something a human can read
+    else:
+        assert result == expected
 
 
-def test_default_room_is_used_for_plain_text_and_room_less_commands() -> None:
-    assert parse_command("hi", default_room="r9") == SendMessage("r9", "hi")
-    assert parse_command(cmd(type="message", text="hi"), default_room="r9") == SendMessage(
-        "r9", "hi",
-    )
+def test_errors_carry_the_commands_room_and_cid() -> None:
+    error = parse_command(cmd(type="message", room="dev", text=" ", cid="k9"))
+    assert isinstance(error, ChatError)
+    assert error.event() == {
+        "type": "error", "error": "empty_text", "detail": error.detail, "room": "dev", "cid": "k9",
+    }
+    error = parse_command(cmd(type="join", room="dev", since=-1))
+    assert isinstance(error, ChatError) and error.event()["room"] == "dev"
 
 
 def test_error_event_shape() -> None:
@@ -93,9 +145,49 @@ def test_error_event_shape() -> None:
 @given(st.text(max_size=200))
 def test_never_raises_and_plain_text_round_trips(text: str) -> None:
     result = parse_command(text)
-    assert isinstance(result, SendMessage | ChatError)
-    if not text.startswith("{") and text.strip():
-        assert result == SendMessage("lobby", text)
+    assert isinstance(result, SendMessage | Join | Leave | Nick | ChatError)
+    if not text.lstrip().startswith("{") and text.strip():
+        assert result == SendMessage(None, text)
+
+
+@given(st.dictionaries(st.sampled_from(["type", "room", "text", "since", "epoch", "name", "cid"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=70),
+                                 st.lists(st.integers(), max_size=2)), max_size=7))
+def test_any_command_object_is_parsed_or_refused_never_raises(fields: dict[str, object]) -> None:
+    result = parse_command(json.dumps(fields))
+    assert isinstance(result, SendMessage | Join | Leave | Nick | ChatError)
+    if isinstance(result, Join | Leave):
+        assert valid_room(result.room)
+    if isinstance(result, Nick):
+        assert valid_name(result.name)
+
+
+# query -> expected Hello fields (errors given by their codes)
+HELLOS: list[tuple[str, dict[str, str], Hello, tuple[str, ...]]] = [
+    ("nothing", {}, Hello(), ()),
+    ("name and room", {"name": "ann", "room": "dev"}, Hello("ann", "dev"), ()),
+    ("resume", {"room": "dev", "since": "41", "epoch": "9f"}, Hello(None, "dev", 41, "9f"), ()),
+    ("bad name falls back", {"name": "<ann>"}, Hello(), ("bad_name",)),
+    ("bad room joins nothing", {"room": "a b"}, Hello(room=None), ("bad_room",)),
+    ("empty room joins nothing", {"room": ""}, Hello(room=None), ("bad_room",)),
+    ("bad since", {"since": "-1"}, Hello(), ("bad_command",)),
+    ("non-ASCII digits are not a since", {"since": "\u0664"}, Hello(), ("bad_command",)),
+    ("huge since", {"since": "9" * 40}, Hello(), ("bad_command",)),
+    ("overlong epoch is ignored", {"since": "1", "epoch": "e" * 40}, Hello(since=1), ()),
+    ("everything wrong", {"name": "", "room": "/", "since": "x"}, Hello(room=None),
+     ("bad_name", "bad_room", "bad_command")),
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected", "codes"), [h[1:] for h in HELLOS], ids=[h[0] for h in HELLOS],
+)
+def test_parse_hello(query: dict[str, str], expected: Hello, codes: tuple[str, ...]) -> None:
+    hello = parse_hello(query)
+    assert (hello.name, hello.room, hello.since, hello.epoch) == (
+        expected.name, expected.room, expected.since, expected.epoch,
+    )
+    assert tuple(e.error for e in hello.errors) == codes
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

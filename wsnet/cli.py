@@ -1,4 +1,4 @@
-"""``python -m wsnet``: run the chat lobby (or the echo app) from the command line."""
+"""``python -m wsnet``: run the chat server (or the echo app) from the command line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
-from wsnet.chat import ChatApp, valid_name
+from wsnet.chat import ChatApp, ChatSettings, valid_name
+from wsnet.chat.protocol import NAME_RULE
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
@@ -137,6 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"seconds to wait for a pong (default {d.ping_timeout:g})",
     )
+    c = ChatSettings()
+    p.add_argument(
+        "--history", type=int, default=c.history,
+        help="messages each chat room keeps for resume (default %(default)s)",
+    )
+    p.add_argument(
+        "--history-bytes", type=int, default=c.history_bytes,
+        help="...and at most this many bytes of them (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-rooms-per-client", type=int, default=c.max_rooms_per_client,
+        help="chat rooms one connection may be in (default %(default)s)",
+    )
+    p.add_argument(
+        "--presence-limit", type=int, default=c.presence_limit,
+        help="room size above which presence is a count, not a list (default %(default)s)",
+    )
+    p.add_argument(
+        "--room-ttl", type=float, default=c.room_ttl,
+        help="seconds an empty room keeps its history (default %(default)g)",
+    )
     p.add_argument(
         "--log-level",
         default="info",
@@ -187,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if secret is None:
             parser.error(f"--mint-token needs --auth-secret-file or {SECRET_ENV}")
         if not valid_name(args.mint_token):
-            parser.error("--mint-token: a name is 1-32 of A-Z a-z 0-9 _ . -")
+            parser.error(f"--mint-token: {NAME_RULE}")
         print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
         return 0
     app_class = APPS[args.app]
@@ -201,7 +223,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args, app_class)
     except ValueError as exc:
         parser.error(str(exc))
-    app = ChatApp(secret=secret) if app_class is ChatApp else app_class()
+    if app_class is ChatApp:
+        try:
+            settings = ChatSettings(
+                history=args.history,
+                history_bytes=args.history_bytes,
+                max_rooms_per_client=args.max_rooms_per_client,
+                presence_limit=args.presence_limit,
+                room_ttl=args.room_ttl,
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        app: Handler = ChatApp(secret=secret, settings=settings)
+    else:
+        app = app_class()
     try:
         server = Server(app, config)
     except (OSError, ssl.SSLError) as exc:

@@ -1,0 +1,510 @@
+"""Rooms, presence, history and batching (``wsnet.chat.rooms``) without sockets:
+commands in, ``(peers, frame)`` batches out, on a fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from wsnet.chat.protocol import ChatError
+from wsnet.chat.rooms import Chat, ChatSettings, Member
+
+Event = dict[str, Any]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    """A Chat whose peers are names; collects what each peer received."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.clock = Clock()
+        epochs = iter(f"e{i}" for i in range(1, 10**6))
+        self.chat: Chat[str] = Chat(ChatSettings(**settings), self.clock, lambda: next(epochs))
+        self.members: dict[str, Member[str]] = {}
+        self.last_flush: list[tuple[list[str], str]] = []
+
+    def connect(self, peer: str, room: str | None = "lobby", **kw: Any) -> list[Event]:
+        member, welcome = self.chat.connect(peer, peer, peer, room=room, **kw)
+        self.members[peer] = member
+        events: list[Event] = json.loads(welcome)
+        return events
+
+    def send(self, peer: str, command: str | Event) -> None:
+        text = command if isinstance(command, str) else json.dumps(command)
+        self.chat.receive(self.members[peer], text)
+
+    def drop(self, peer: str) -> None:
+        self.chat.disconnect(self.members.pop(peer))
+
+    def tick(self) -> dict[str, list[Event]]:
+        """One flush: each peer's events. Fails if a peer got two frames."""
+        self.last_flush = self.chat.flush()
+        got: dict[str, list[Event]] = {}
+        for peers, frame in self.last_flush:
+            events = json.loads(frame)
+            assert events, "no empty frames"
+            for peer in peers:
+                assert peer not in got, f"{peer} got two frames in one tick"
+                got[peer] = events
+        return got
+
+
+def types(events: list[Event]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+def message_seqs(events: list[Event], room: str = "lobby") -> list[int]:
+    return [e["seq"] for e in events if e["type"] == "message" and e["room"] == room]
+
+
+def join(room: str, **kw: Any) -> Event:
+    return {"type": "join", "room": room, **kw}
+
+
+def say(room: str, text: str, **kw: Any) -> Event:
+    return {"type": "message", "room": room, "text": text, **kw}
+
+
+# ----------------------------------------------------------------------------
+# Welcome and presence
+# ----------------------------------------------------------------------------
+
+
+def test_welcome_frame_is_welcome_then_presence_of_the_default_room() -> None:
+    h = Harness()
+    h.connect("ann")
+    events = h.connect("bob")
+    assert events == [
+        {"type": "welcome", "id": "bob", "name": "bob"},
+        {
+            "type": "presence", "room": "lobby", "epoch": "e1", "seq": 0, "count": 2,
+            "members": [{"id": "ann", "name": "ann"}, {"id": "bob", "name": "bob"}],
+        },
+    ]
+    # Ann hears bob join at the tick; bob does not hear his own join again.
+    got = h.tick()
+    assert got == {"ann": [{"type": "join", "room": "lobby", "id": "bob", "name": "bob"}]}
+
+
+def test_url_errors_travel_in_the_welcome_frame_and_no_room_means_none_joined() -> None:
+    h = Harness()
+    events = h.connect("ann", room=None, errors=(ChatError("bad_room", "no"),))
+    assert types(events) == ["welcome", "error"]
+    assert h.chat.rooms == {}
+    h.send("ann", "hello")
+    assert h.tick()["ann"] == [
+        {"type": "error", "error": "not_in_room", "detail": "join a room first"},
+    ]
+
+
+def test_leave_and_disconnect_are_announced_and_the_leaver_gets_its_ack() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.connect("bob")
+    h.connect("cy")
+    h.tick()
+    h.send("bob", {"type": "leave", "room": "lobby"})
+    h.drop("cy")
+    got = h.tick()
+    bob_leave = {"type": "leave", "room": "lobby", "id": "bob", "name": "bob"}
+    cy_leave = {"type": "leave", "room": "lobby", "id": "cy", "name": "cy"}
+    assert got == {"ann": [bob_leave, cy_leave], "bob": [bob_leave]}
+
+
+def test_nick_is_acknowledged_and_announced_in_every_room() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.connect("bob")
+    h.send("bob", join("dev"))
+    h.send("ann", join("dev"))
+    h.tick()
+    h.send("ann", {"type": "nick", "name": "Ann Lee"})
+    got = h.tick()
+    ack = {"type": "nick", "id": "ann", "name": "Ann Lee", "old": "ann"}
+    in_lobby = {"type": "nick", "room": "lobby", "id": "ann", "name": "Ann Lee", "old": "ann"}
+    in_dev = {**in_lobby, "room": "dev"}
+    assert got["ann"] == [ack, in_lobby, in_dev]
+    assert got["bob"] == [in_lobby, in_dev]
+    h.send("ann", "hi")
+    assert h.tick()["bob"][0]["from"] == "Ann Lee"
+
+
+def test_a_pinned_name_cannot_change() -> None:
+    h = Harness()
+    member, _ = h.chat.connect("ann", "ann", "ann", pinned=True, room="lobby")
+    h.members["ann"] = member
+    h.send("ann", {"type": "nick", "name": "mallory"})
+    assert types(h.tick()["ann"]) == ["error"]
+    assert member.name == "ann"
+
+
+# ----------------------------------------------------------------------------
+# Batching: one frame per tick per recipient, shared where possible
+# ----------------------------------------------------------------------------
+
+
+def test_a_member_of_two_rooms_gets_one_frame_with_both_rooms_events() -> None:
+    h = Harness()
+    for peer in ("ann", "bob", "cy"):
+        h.connect(peer)
+    h.send("ann", join("dev"))
+    h.send("bob", join("dev"))
+    h.tick()
+    h.send("cy", say("lobby", "in lobby"))
+    h.send("ann", say("dev", "in dev"))
+    got = h.tick()
+    assert [(e["room"], e["text"]) for e in got["ann"]] == [
+        ("lobby", "in lobby"), ("dev", "in dev"),
+    ]
+    assert got["ann"] == got["bob"]
+    assert [e["text"] for e in got["cy"]] == ["in lobby"]
+    # Two distinct frames, each encoded once: ann and bob share theirs.
+    assert sorted(sorted(peers) for peers, _ in h.last_flush) == [["ann", "bob"], ["cy"]]
+
+
+def test_many_members_of_one_room_share_one_frame() -> None:
+    h = Harness(presence_limit=1000)
+    for i in range(200):
+        h.connect(f"p{i}")
+    h.tick()
+    for i in range(5):
+        h.send(f"p{i}", f"hello {i}")
+    h.tick()
+    assert len(h.last_flush) == 1
+    peers, frame = h.last_flush[0]
+    assert len(peers) == 200
+    assert message_seqs(json.loads(frame)) == [1, 2, 3, 4, 5]
+
+
+def test_replies_ride_in_the_same_frame_as_room_events() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.connect("bob")
+    h.tick()
+    h.send("ann", "first")
+    h.send("ann", {"type": "dance"})
+    h.send("bob", "second")
+    got = h.tick()
+    assert types(got["ann"]) == ["error", "message", "message"]
+    assert types(got["bob"]) == ["message", "message"]
+
+
+def test_mid_tick_joiner_skips_what_its_reply_already_covers() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.tick()
+    h.send("ann", "before")
+    events = h.connect("bob", since=0)
+    # The reply holds the message sent before the join...
+    assert message_seqs(events) == [1]
+    h.send("ann", "after")
+    got = h.tick()
+    # ...and the tick brings only what came after it, once.
+    assert message_seqs(got["bob"]) == [2]
+    assert message_seqs(got["ann"]) == [1, 2]
+
+
+def test_mid_tick_leaver_gets_what_came_before_its_leave_and_nothing_after() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.connect("bob")
+    h.tick()
+    h.send("ann", "before")
+    h.send("bob", {"type": "leave", "room": "lobby"})
+    h.send("ann", "after")
+    got = h.tick()
+    assert types(got["bob"]) == ["message", "leave"]
+    assert message_seqs(got["bob"]) == [1]
+    assert message_seqs(got["ann"]) == [1, 2]
+
+
+def test_leave_and_rejoin_in_one_tick() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.connect("bob")
+    h.tick()
+    h.send("ann", "one")
+    h.send("bob", {"type": "leave", "room": "lobby"})
+    h.send("ann", "two")
+    h.send("bob", join("lobby"))
+    h.send("ann", "three")
+    got = h.tick()
+    # one (was there), leave ack, presence (rejoined: seq 2), three; "two" was
+    # sent while bob was away and he did not ask for it with since.
+    assert types(got["bob"]) == ["message", "leave", "presence", "message"]
+    assert message_seqs(got["bob"]) == [1, 3]
+    assert got["bob"][2]["seq"] == 2
+
+
+def test_errors_for_commands_that_cannot_apply() -> None:
+    h = Harness(max_rooms_per_client=2)
+    h.connect("ann")
+    h.send("ann", join("lobby"))
+    h.send("ann", say("dev", "hi", cid="c1"))
+    h.send("ann", {"type": "leave", "room": "dev"})
+    h.send("ann", join("dev"))
+    h.send("ann", join("ops"))
+    got = h.tick()["ann"]
+    errors = [(e["error"], e.get("room"), e.get("cid")) for e in got if e["type"] == "error"]
+    assert errors == [
+        ("already_joined", "lobby", None),
+        ("not_in_room", "dev", "c1"),
+        ("not_in_room", "dev", None),
+        ("too_many_rooms", "ops", None),
+    ]
+    assert "ops" not in h.chat.rooms
+
+
+def test_plain_text_goes_to_the_default_room_until_it_is_left() -> None:
+    h = Harness()
+    h.connect("ann", room="dev")
+    h.send("ann", "hi")
+    h.send("ann", {"type": "leave", "room": "dev"})
+    h.send("ann", "hello?")
+    got = h.tick()["ann"]
+    assert [(e["type"], e.get("room")) for e in got] == [
+        ("message", "dev"), ("leave", "dev"), ("error", "dev"),
+    ]
+    assert got[2]["error"] == "not_in_room"
+
+
+def test_message_event_fields() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.clock.now = 1_795_855_995.535
+    h.send("ann", say("lobby", "hi", cid="k3"))
+    (event,) = h.tick()["ann"]
+    assert event == {
+        "type": "message", "room": "lobby", "seq": 1, "from": "ann", "from_id": "ann",
+        "text": "hi", "ts": 1_795_855_995_535, "cid": "k3",
+    }
+
+
+# ----------------------------------------------------------------------------
+# History and resume
+# ----------------------------------------------------------------------------
+
+
+def chat_with_history(n: int, **settings: Any) -> Harness:
+    h = Harness(**settings)
+    h.connect("ann")
+    for i in range(1, n + 1):
+        h.send("ann", f"m{i}")
+    h.tick()
+    return h
+
+
+def test_resume_replays_exactly_the_missed_messages_in_order() -> None:
+    h = chat_with_history(10)
+    events = h.connect("bob", since=6, epoch="e1")
+    assert types(events) == ["welcome", "presence", "message", "message", "message", "message"]
+    assert events[1]["seq"] == 10
+    assert message_seqs(events) == [7, 8, 9, 10]
+    assert [e["text"] for e in events[2:]] == ["m7", "m8", "m9", "m10"]
+
+
+def test_resume_when_nothing_was_missed_replays_nothing() -> None:
+    h = chat_with_history(3)
+    assert types(h.connect("bob", since=3, epoch="e1")) == ["welcome", "presence"]
+
+
+def test_join_command_with_since_replays_after_the_snapshot() -> None:
+    h = chat_with_history(5)
+    h.connect("bob", room=None)
+    h.send("bob", join("lobby", since=2))
+    got = h.tick()["bob"]
+    assert types(got)[:1] == ["presence"]
+    assert message_seqs(got) == [3, 4, 5]
+
+
+def test_a_gap_older_than_history_is_announced_with_where_history_starts() -> None:
+    h = chat_with_history(10, history=4)
+    events = h.connect("bob", since=2, epoch="e1")
+    assert events[2] == {"type": "gap", "room": "lobby", "since": 2, "first": 7}
+    assert message_seqs(events) == [7, 8, 9, 10]
+
+
+def test_history_bytes_bound_what_is_kept() -> None:
+    h = Harness(history_bytes=64 * 1024)
+    h.connect("ann")
+    for _ in range(40):
+        h.send("ann", "x" * 4000)
+    h.tick()
+    room = h.chat.rooms["lobby"]
+    assert room.history_bytes <= 64 * 1024
+    assert 10 <= len(room.history) < 40
+    events = h.connect("bob", since=0, epoch="e1")
+    assert events[2]["type"] == "gap" and events[2]["first"] == room.first_seq
+
+
+def test_since_from_another_epoch_is_a_reset_with_the_whole_history() -> None:
+    h = chat_with_history(3)
+    events = h.connect("bob", since=50, epoch="old")
+    assert events[2] == {"type": "gap", "room": "lobby", "since": 50, "first": 1, "reset": True}
+    assert message_seqs(events) == [1, 2, 3]
+
+
+def test_since_ahead_of_the_room_is_a_reset_even_without_epoch() -> None:
+    h = chat_with_history(3)
+    events = h.connect("bob", since=7)
+    assert events[2]["reset"] is True
+    assert message_seqs(events) == [1, 2, 3]
+
+
+def test_reset_into_an_empty_new_room_says_so() -> None:
+    h = Harness()
+    events = h.connect("ann", since=9, epoch="gone")
+    assert events[2] == {"type": "gap", "room": "lobby", "since": 9, "first": 1, "reset": True}
+
+
+def test_history_zero_keeps_nothing_and_says_so() -> None:
+    h = chat_with_history(3, history=0)
+    events = h.connect("bob", since=1, epoch="e1")
+    assert events[2] == {"type": "gap", "room": "lobby", "since": 1, "first": 4}
+    assert message_seqs(events) == []
+
+
+# ----------------------------------------------------------------------------
+# Presence degrades to counts in large rooms
+# ----------------------------------------------------------------------------
+
+
+def test_large_rooms_get_counts_not_member_lists() -> None:
+    h = Harness(presence_limit=3, count_interval=1.0)
+    for peer in ("a", "b", "c"):
+        h.connect(peer)
+    h.tick()
+    events = h.connect("d")
+    assert events[1] == {"type": "presence", "room": "lobby", "epoch": "e1", "seq": 0,
+                         "count": 4}
+    got = h.tick()
+    # The others switch to counting at once, without a join event.
+    assert got == {p: [{"type": "presence", "room": "lobby", "count": 4}] for p in "abc"}
+    # Joins and leaves in a counting room cost no events until the interval...
+    h.connect("e")
+    h.drop("a")
+    h.connect("f")
+    assert h.tick() == {}
+    # ...then one count for everyone.
+    h.clock.now += 1.0
+    got = h.tick()
+    assert set(got) == {"b", "c", "d", "e", "f"}
+    assert got["b"] == [{"type": "presence", "room": "lobby", "count": 5}]
+    # Nick in a counting room: only the ack.
+    h.send("b", {"type": "nick", "name": "bee"})
+    assert h.tick() == {"b": [{"type": "nick", "id": "b", "name": "bee", "old": "b"}]}
+
+
+def test_a_room_back_under_the_limit_gets_its_member_list_again() -> None:
+    h = Harness(presence_limit=2, count_interval=1.0)
+    for peer in ("a", "b", "c"):
+        h.connect(peer)
+    h.tick()
+    h.drop("c")
+    h.clock.now += 1.0
+    got = h.tick()
+    assert got["a"] == [{"type": "presence", "room": "lobby", "count": 2,
+                         "members": [{"id": "a", "name": "a"}, {"id": "b", "name": "b"}]}]
+    h.connect("x")  # over again
+    h.drop("x")  # and back; join/leave events resume below the limit
+    h.clock.now += 1.0
+    h.tick()
+    h.connect("y")
+    assert h.tick()["a"][-1]["type"] in ("join", "presence")
+
+
+def test_presence_cost_is_linear_in_a_big_room() -> None:
+    """Every join reply in a big room is a count: total presence bytes grow
+    linearly with members, not quadratically."""
+    h = Harness(presence_limit=100)
+    total = 0
+    for i in range(2000):
+        total += len(json.dumps(h.connect(f"p{i}")))
+    h.tick()
+    assert total < 2000 * 400  # a member list of 2,000 would be ~50 KB per reply
+
+
+# ----------------------------------------------------------------------------
+# Rooms are freed: no leak after many joins and leaves
+# ----------------------------------------------------------------------------
+
+
+def test_empty_rooms_without_history_are_freed_at_once() -> None:
+    h = Harness()
+    h.connect("ann", room=None)
+    for i in range(5000):
+        h.send("ann", join(f"r{i}"))
+        h.send("ann", {"type": "leave", "room": f"r{i}"})
+        if i % 100 == 0:
+            h.tick()
+    h.tick()
+    assert h.chat.rooms == {}
+    assert h.chat.stats() == {"rooms": 0, "idle_rooms": 0, "history_messages": 0}
+    member = h.members["ann"]
+    assert member.rooms == {} and member.personal is None and member.skip is None
+
+
+def test_rooms_with_history_are_kept_for_the_ttl_then_freed() -> None:
+    h = Harness(room_ttl=60.0)
+    h.connect("ann", room="dev")
+    h.send("ann", "hi")
+    h.tick()
+    h.drop("ann")
+    h.tick()
+    assert h.chat.stats()["idle_rooms"] == 1
+    # Coming back within the TTL resumes the same epoch.
+    h.clock.now += 59
+    events = h.connect("ann2", room="dev", since=0, epoch="e1")
+    assert message_seqs(events, "dev") == [1]
+    h.drop("ann2")
+    h.clock.now += 61
+    h.tick()
+    assert h.chat.rooms == {}
+    # After that the room is new: its epoch changed, so a resume is a reset.
+    events = h.connect("ann3", room="dev", since=1, epoch="e1")
+    assert events[1]["epoch"] != "e1" and events[2]["reset"] is True
+
+
+def test_idle_rooms_are_capped_oldest_first() -> None:
+    h = Harness(max_idle_rooms=10)
+    h.connect("ann", room=None)
+    for i in range(100):
+        h.send("ann", join(f"r{i}"))
+        h.send("ann", say(f"r{i}", "x"))
+        h.send("ann", {"type": "leave", "room": f"r{i}"})
+    h.tick()
+    assert sorted(h.chat.rooms, key=lambda r: int(r[1:])) == [f"r{i}" for i in range(90, 100)]
+
+
+def test_disconnects_leave_no_state_behind() -> None:
+    h = Harness()
+    for round_ in range(50):
+        for i in range(20):
+            peer = f"p{round_}-{i}"
+            h.connect(peer, room=f"room{i % 3}")
+            h.send(peer, join("shared"))
+            h.send(peer, "hi")
+        for i in range(20):
+            h.drop(f"p{round_}-{i}")
+        h.tick()
+    assert h.chat.stats()["rooms"] == 0
+    assert h.chat._touched == set() and h.chat._active == [] and h.chat._counts == set()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("history", -1), ("max_rooms_per_client", 0), ("presence_limit", -1),
+     ("history_bytes", 1000)],
+)
+def test_settings_refuse_nonsense(field: str, value: int) -> None:
+    with pytest.raises(ValueError):
+        ChatSettings(**{field: value})

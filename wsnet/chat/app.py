@@ -1,0 +1,142 @@
+"""The chat application: binds the sans-I/O ``Chat`` to the server's callbacks
+and serves the web client at ``GET /``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from functools import cache
+from importlib import resources
+
+from wsnet._http import Request, Response, text_response
+from wsnet.chat.protocol import ChatError, parse_hello, valid_name
+from wsnet.chat.rooms import Chat, ChatSettings, Member
+from wsnet.server import Connection, Handler
+from wsnet.tokens import TokenError, verify_token
+
+__all__ = ["ChatApp"]
+
+PAGE_PATHS = ("/", "/index.html")
+
+
+class ChatApp(Handler):
+    """Rooms, presence, history and the web page, on one server.
+
+    With ``secret``, every upgrade must carry ``?token=`` (see ``wsnet.tokens``),
+    and the name it pins is the only name that connection can use.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        secret: bytes | None = None,
+        settings: ChatSettings | None = None,
+    ) -> None:
+        self.chat: Chat[Connection] = Chat(settings, clock)
+        self._clock = clock
+        self._secret = secret
+
+    def on_upgrade(self, request: Request) -> Response | str | None:
+        if self._secret is None:
+            return None
+        token = request.query.get("token")
+        if token is None:
+            return text_response(403, "a token is required")
+        try:
+            name = verify_token(self._secret, token, self._clock())
+        except TokenError as exc:
+            return text_response(403, f"token refused: {exc}")
+        if not valid_name(name):
+            return text_response(403, "token refused: malformed")
+        return name
+
+    def on_open(self, conn: Connection) -> None:
+        assert conn.request is not None
+        hello = parse_hello(conn.request.query)
+        pinned = isinstance(conn.identity, str)
+        errors = hello.errors
+        if pinned and hello.name is not None and hello.name != conn.identity:
+            errors += (ChatError("name_pinned", "your token fixes your name"),)
+        name = conn.identity if pinned else hello.name or f"guest-{conn.id}"
+        member, welcome = self.chat.connect(
+            conn,
+            str(conn.id),
+            name,
+            pinned=pinned,
+            room=hello.room,
+            since=hello.since,
+            epoch=hello.epoch,
+            errors=errors,
+        )
+        conn.context = member
+        conn.send(welcome)
+
+    def on_message(self, conn: Connection, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            conn.close(1003, "binary frames are not part of chat protocol v1")
+            return
+        self.chat.receive(conn.context, data)
+
+    def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        member: Member[Connection] | None = conn.context
+        if member is not None:
+            self.chat.disconnect(member)
+
+    def on_rate_limited(self, conn: Connection) -> None:
+        error = ChatError("rate_limited", "too many messages: slow down or be disconnected")
+        self.chat.reply(conn.context, error.event())
+
+    def on_tick(self) -> None:
+        broadcast = self.server.broadcast
+        for peers, frame in self.chat.flush():
+            broadcast(peers, frame)
+
+    def on_http(self, request: Request) -> Response | None:
+        if request.path in PAGE_PATHS:
+            return web_page()
+        return None
+
+    def status(self) -> dict[str, object]:
+        return {"app": "chat", **self.chat.stats()}
+
+
+@cache
+def web_page() -> Response:
+    """The web client, with a content security policy that allows exactly its
+    own inline script and style: injected markup could run nothing."""
+    page = resources.files("wsnet.chat").joinpath("static/index.html").read_bytes()
+    text = page.decode()
+    policy = "; ".join(
+        [
+            "default-src 'none'",
+            f"script-src {_hashes(text, 'script')}",
+            f"style-src {_hashes(text, 'style')}",
+            "connect-src 'self'",
+            "img-src data:",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ],
+    )
+    headers = (
+        ("Content-Security-Policy", policy),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "no-referrer"),
+        ("Cache-Control", "no-cache"),
+    )
+    return Response(200, page, "text/html; charset=utf-8", headers)
+
+
+def _hashes(page: str, tag: str) -> str:
+    bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.DOTALL)
+    if not bodies:
+        return "'none'"
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(body.encode()).digest()).decode() + "'"
+        for body in bodies
+    )
+
+

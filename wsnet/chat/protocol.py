@@ -1,0 +1,253 @@
+"""Chat wire protocol v1 (DESIGN §2), without state or sockets.
+
+Client frames become commands (or the reason they are refused); events are
+compact JSON strings so a tick's batch is a join of strings, encoded once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_TEXT_CHARS",
+    "ChatError",
+    "Command",
+    "Hello",
+    "Join",
+    "Leave",
+    "Nick",
+    "SendMessage",
+    "encode_event",
+    "frame",
+    "parse_command",
+    "parse_hello",
+    "valid_name",
+    "valid_room",
+]
+
+#: Longest chat text, in characters: a long paragraph, not a file.
+MAX_TEXT_CHARS = 4096
+#: Longest client message id: room for a UUID or a random token, no more.
+MAX_CID_CHARS = 64
+#: Longest epoch a client may quote back (ours are 8 hex digits).
+MAX_EPOCH_CHARS = 32
+LOBBY = "lobby"
+
+# Letters and digits of any script plus "_ . -"; names may hold single inner
+# spaces (people's names do), rooms may not (they travel in URLs).
+_NAME = re.compile(r"[\w.\-]+(?: [\w.\-]+)*")
+_ROOM = re.compile(r"[\w.\-]{1,64}")
+_NAME_MAX = 32
+
+
+def valid_name(name: object) -> bool:
+    return (
+        isinstance(name, str) and 0 < len(name) <= _NAME_MAX and _NAME.fullmatch(name) is not None
+    )
+
+
+def valid_room(room: object) -> bool:
+    return isinstance(room, str) and _ROOM.fullmatch(room) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Chat text for a room; ``room=None`` means the connection's default room."""
+
+    room: str | None
+    text: str
+    cid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: int | None = None
+    epoch: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    name: str
+
+
+Command = SendMessage | Join | Leave | Nick
+
+
+@dataclass(frozen=True, slots=True)
+class ChatError:
+    """A command we cannot carry out; sent back as an ``error`` event."""
+
+    error: str  # machine-readable code
+    detail: str  # for humans
+    room: str | None = None
+    cid: str | None = None
+
+    def event(self) -> dict[str, Any]:
+        event: dict[str, Any] = {"type": "error", "error": self.error, "detail": self.detail}
+        if self.room is not None:
+            event["room"] = self.room
+        if self.cid is not None:
+            event["cid"] = self.cid
+        return event
+
+
+def parse_command(text: str) -> Command | ChatError:
+    """One client text frame -> a command or the reason it is refused.
+
+    A JSON object is a command and must carry a string ``type``; any other text
+    (plain words, a JSON string or number, broken JSON) is chat text for the
+    default room, so ``socket.send("hello")`` just works.
+    """
+    command: object = None
+    if text.lstrip()[:1] == "{":
+        try:
+            command = json.loads(text)
+        except (ValueError, RecursionError):  # deep nesting is not a command either
+            command = None
+    if not isinstance(command, dict):
+        return _checked_text(None, text, None)
+    kind = command.get("type")
+    if not isinstance(kind, str):
+        return ChatError("bad_command", "a command needs a string 'type'")
+    parse = _PARSERS.get(kind)
+    if parse is None:
+        return ChatError("unknown_type", "unknown command type")
+    return parse(command)
+
+
+def _parse_message(command: Mapping[str, Any]) -> Command | ChatError:
+    cid = command.get("cid")
+    if cid is not None and not (isinstance(cid, str) and 0 < len(cid) <= MAX_CID_CHARS):
+        return ChatError("bad_command", f"'cid' must be a string of 1-{MAX_CID_CHARS} characters")
+    room = command.get("room")
+    if room is not None:
+        if not isinstance(room, str):
+            return ChatError("bad_command", "'room' must be a string", cid=cid)
+        if not valid_room(room):
+            return ChatError("bad_room", "no such room name", cid=cid)
+    body = command.get("text")
+    if not isinstance(body, str):
+        return ChatError("bad_command", "'message' needs a string 'text'", room, cid)
+    return _checked_text(room, body, cid)
+
+
+def _checked_text(room: str | None, text: str, cid: str | None) -> SendMessage | ChatError:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+        return ChatError("bad_text", "text is not valid Unicode", room, cid)
+    if not text.strip():
+        return ChatError("empty_text", "message text is empty", room, cid)
+    if len(text) > MAX_TEXT_CHARS:
+        detail = f"message text is over {MAX_TEXT_CHARS} characters"
+        return ChatError("text_too_long", detail, room, cid)
+    return SendMessage(room, text, cid)
+
+
+def _room_of(command: Mapping[str, Any]) -> str | ChatError:
+    room = command.get("room")
+    if not isinstance(room, str):
+        return ChatError("bad_command", f"'{command['type']}' needs a string 'room'")
+    if not valid_room(room):
+        return ChatError("bad_room", "room names are 1-64 letters, digits, '_', '.' or '-'")
+    return room
+
+
+def _parse_join(command: Mapping[str, Any]) -> Command | ChatError:
+    room = _room_of(command)
+    if isinstance(room, ChatError):
+        return room
+    since = command.get("since")
+    if since is not None and not _is_seq(since):
+        return ChatError("bad_command", "'since' must be a non-negative integer", room)
+    epoch = command.get("epoch")
+    if epoch is not None and not (isinstance(epoch, str) and len(epoch) <= MAX_EPOCH_CHARS):
+        return ChatError("bad_command", "'epoch' must be a short string", room)
+    return Join(room, since, epoch)
+
+
+def _parse_leave(command: Mapping[str, Any]) -> Command | ChatError:
+    room = _room_of(command)
+    return room if isinstance(room, ChatError) else Leave(room)
+
+
+def _parse_nick(command: Mapping[str, Any]) -> Command | ChatError:
+    name = command.get("name")
+    if not isinstance(name, str):
+        return ChatError("bad_command", "'nick' needs a string 'name'")
+    if not valid_name(name):
+        return ChatError("bad_name", NAME_RULE)
+    return Nick(name)
+
+
+def _is_seq(value: object) -> bool:
+    # JSON true is a Python bool, which is an int: not a position.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_PARSERS = {
+    "message": _parse_message,
+    "join": _parse_join,
+    "leave": _parse_leave,
+    "nick": _parse_nick,
+}
+
+NAME_RULE = "names are 1-32 letters, digits, '_', '.', '-' or single inner spaces"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What the upgrade URL asked for, already checked.
+
+    Bad values do not refuse the connection (a browser cannot read why an
+    upgrade failed): they fall back and travel as errors in the welcome frame.
+    """
+
+    name: str | None = None
+    room: str | None = LOBBY
+    since: int | None = None
+    epoch: str | None = None
+    errors: tuple[ChatError, ...] = field(default=())
+
+
+def parse_hello(query: Mapping[str, str]) -> Hello:
+    errors: list[ChatError] = []
+    name = query.get("name")
+    if name is not None and not valid_name(name):
+        errors.append(ChatError("bad_name", f"{NAME_RULE}; you got a guest name"))
+        name = None
+    room: str | None = query.get("room", LOBBY)
+    if not valid_room(room):
+        errors.append(ChatError("bad_room", "the 'room' in the URL is not a room name"))
+        room = None
+    since: int | None = None
+    raw = query.get("since")
+    if raw is not None:
+        if raw.isascii() and raw.isdigit() and len(raw) <= 18:
+            since = int(raw)
+        else:
+            errors.append(ChatError("bad_command", "'since' must be a non-negative integer"))
+    epoch = query.get("epoch")
+    if epoch is not None and len(epoch) > MAX_EPOCH_CHARS:
+        epoch = None
+    return Hello(name, room, since, epoch, tuple(errors))
+
+
+def encode_event(event: Mapping[str, Any]) -> str:
+    """Compact JSON for one event; batches are joined from these strings."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def frame(events: list[str]) -> str:
+    """A server frame: the JSON array of already encoded events."""
+    return "[" + ",".join(events) + "]"

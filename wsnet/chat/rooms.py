@@ -1,0 +1,486 @@
+"""Rooms, presence, history and per-tick batching, without sockets.
+
+``Chat`` is fed commands and a clock and answers with frames: ``connect``
+returns the welcome frame, and ``flush`` (once per tick) returns each batch as
+``(peers, frame)``, where every peer in the list gets the same text. A peer is
+whatever the caller uses to reach a client (the server passes connections).
+
+Batching rules, which the tests hold it to:
+
+- A client gets at most one frame per tick, holding the tick's events of all
+  its rooms after its own replies (``personal`` events, in order).
+- Members with the same set of active rooms and nothing personal share one
+  frame, so the common case (one room, no replies) is one encode per room.
+- A client that joins mid-tick got the room's state in its join reply, so it
+  skips the events the room had already queued (``skip``); one that leaves
+  mid-tick still gets what was queued before it left, then its ``leave``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, Generic, TypeVar
+
+from wsnet.chat.protocol import (
+    ChatError,
+    Command,
+    Join,
+    Leave,
+    Nick,
+    SendMessage,
+    encode_event,
+    frame,
+    parse_command,
+)
+
+__all__ = ["Chat", "ChatSettings", "Member", "Room"]
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """The chat application's limits, each a named default with its reason."""
+
+    #: Messages a room keeps for replay: about an evening of a lively channel.
+    history: int = 1000
+    #: ...and at most this many bytes of them (encoded), so big texts cannot
+    #: make one room's history tens of megabytes.
+    history_bytes: int = 1 << 20
+    #: Rooms one connection may be in at once: a sidebar, not a crawler.
+    max_rooms_per_client: int = 32
+    #: Above this many members presence is a count (see ``Room.counting``):
+    #: member lists in every join reply would cost O(members²) per room.
+    presence_limit: int = 100
+    #: How often a counting room's members hear the new count, in seconds.
+    count_interval: float = 1.0
+    #: An empty room keeps its history this long for clients coming back.
+    room_ttl: float = 600.0
+    #: ...and at most this many empty rooms are kept, oldest forgotten first.
+    max_idle_rooms: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.history < 0 or self.max_rooms_per_client < 1 or self.presence_limit < 0:
+            raise ValueError("history >= 0, max_rooms_per_client >= 1, presence_limit >= 0")
+        if self.history_bytes < 64 * 1024:
+            raise ValueError("history_bytes must hold the largest message (>= 64 KiB)")
+
+
+class Member(Generic[P]):
+    """One connected client as the chat sees it."""
+
+    __slots__ = ("peer", "id", "name", "pinned", "default_room", "rooms", "personal", "skip",
+                 "stamp")
+
+    def __init__(self, peer: P, ident: str, name: str, pinned: bool) -> None:
+        self.peer = peer
+        self.id = ident
+        self.name = name
+        #: The name came from an auth token and cannot change.
+        self.pinned = pinned
+        self.default_room: str | None = None
+        self.rooms: dict[str, Room] = {}
+        #: Replies waiting for this tick's frame (None: nothing).
+        self.personal: list[str] | None = None
+        #: For rooms joined this tick: how many of their queued events to skip.
+        self.skip: dict[Room, int] | None = None
+        self.stamp = 0  # the last flush that built this member's frame
+
+    def __repr__(self) -> str:
+        return f"<Member {self.id} {self.name!r} in {len(self.rooms)} rooms>"
+
+
+class Room:
+    """Members, the message sequence, history, and the tick's queued events."""
+
+    __slots__ = ("name", "order", "epoch", "seq", "members", "pending", "history",
+                 "history_bytes", "counting", "count_changed")
+
+    def __init__(self, name: str, order: int, epoch: str) -> None:
+        self.name = name
+        self.order = order  # creation order: sorts rooms the same way for everyone
+        #: Names this incarnation of the room's ``seq`` numbering.
+        self.epoch = epoch
+        self.seq = 0
+        self.members: dict[Member[Any], None] = {}  # insertion-ordered set
+        self.pending: list[str] = []
+        self.history: deque[tuple[int, str, int]] = deque()  # (seq, event, bytes)
+        self.history_bytes = 0
+        #: Presence is a count, not a member list (more than presence_limit members).
+        self.counting = False
+        self.count_changed = False
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest ``seq`` history can replay (``seq + 1`` if none)."""
+        return self.history[0][0] if self.history else self.seq + 1
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} seq={self.seq} members={len(self.members)}>"
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+class Chat(Generic[P]):
+    """All rooms of one server process."""
+
+    def __init__(
+        self,
+        settings: ChatSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        new_epoch: Callable[[], str] = _new_epoch,
+    ) -> None:
+        self.settings = settings or ChatSettings()
+        self.clock = clock
+        self._new_epoch = new_epoch
+        self.rooms: dict[str, Room] = {}
+        #: Empty rooms kept for their history, oldest first: name -> emptied at.
+        self._idle: OrderedDict[str, float] = OrderedDict()
+        self._active: list[Room] = []  # rooms with queued events this tick
+        self._touched: set[Member[P]] = set()  # members with personal or skip state
+        self._counts: set[Room] = set()  # counting rooms whose count changed
+        self._next_count = 0.0
+        self._rooms_made = 0
+        self._stamp = 0
+
+    # -- clients -------------------------------------------------------------
+
+    def connect(
+        self,
+        peer: P,
+        ident: str,
+        name: str,
+        *,
+        pinned: bool = False,
+        room: str | None = None,
+        since: int | None = None,
+        epoch: str | None = None,
+        errors: tuple[ChatError, ...] = (),
+    ) -> tuple[Member[P], str]:
+        """A client arrived: its member and its welcome frame (welcome, errors
+        about its URL, then its default room's join reply)."""
+        member: Member[P] = Member(peer, ident, name, pinned)
+        member.personal = [encode_event({"type": "welcome", "id": ident, "name": name})]
+        member.personal.extend(encode_event(e.event()) for e in errors)
+        if room is not None:
+            member.default_room = room
+            self._join(member, Join(room, since, epoch))
+        welcome = frame(member.personal)
+        member.personal = None
+        if member.skip is None:
+            self._touched.discard(member)
+        return member, welcome
+
+    def receive(self, member: Member[P], text: str) -> None:
+        """One text frame from a client."""
+        command = parse_command(text)
+        if isinstance(command, ChatError):
+            self.reply(member, command.event())
+        else:
+            self.execute(member, command)
+
+    def execute(self, member: Member[P], command: Command) -> None:
+        if isinstance(command, SendMessage):
+            self._message(member, command)
+        elif isinstance(command, Join):
+            self._join(member, command)
+        elif isinstance(command, Leave):
+            self._leave(member, command.room)
+        else:
+            self._nick(member, command)
+
+    def reply(self, member: Member[P], event: dict[str, Any]) -> None:
+        """Queue an event for this member only, in its next tick frame."""
+        self._personal(member).append(encode_event(event))
+
+    def disconnect(self, member: Member[P]) -> None:
+        """The client is gone: it leaves every room, its replies are dropped."""
+        for room in list(member.rooms.values()):
+            self._remove(member, room)
+        member.personal = None
+        member.skip = None
+        self._touched.discard(member)
+
+    # -- commands ------------------------------------------------------------
+
+    def _message(self, member: Member[P], command: SendMessage) -> None:
+        name = command.room if command.room is not None else member.default_room
+        room = member.rooms.get(name) if name is not None else None
+        if room is None:
+            where = f"join '{name}' first" if name is not None else "join a room first"
+            self.reply(member, ChatError("not_in_room", where, name, command.cid).event())
+            return
+        room.seq += 1
+        event: dict[str, Any] = {
+            "type": "message",
+            "room": room.name,
+            "seq": room.seq,
+            "from": member.name,
+            "from_id": member.id,
+            "text": command.text,
+            "ts": int(self.clock() * 1000),
+        }
+        if command.cid is not None:
+            event["cid"] = command.cid
+        encoded = encode_event(event)
+        self._remember(room, encoded)
+        self._emit(room, encoded)
+
+    def _join(self, member: Member[P], command: Join) -> None:
+        name = command.room
+        if name in member.rooms:
+            self.reply(member, ChatError("already_joined", f"already in '{name}'", name).event())
+            return
+        limit = self.settings.max_rooms_per_client
+        if len(member.rooms) >= limit:
+            error = ChatError("too_many_rooms", f"at most {limit} rooms at once", name)
+            self.reply(member, error.event())
+            return
+        room = self._room(name)
+        room.members[member] = None
+        member.rooms[name] = room
+        if room.counting:
+            self._count_changed(room)
+        elif len(room.members) > self.settings.presence_limit:
+            room.counting = True
+            self._emit(room, encode_event(_count_event(room)))
+            self._next_count = self.clock() + self.settings.count_interval
+        else:
+            self._emit(room, encode_event(_person("join", room, member)))
+        if room.pending:
+            if member.skip is None:
+                member.skip = {}
+            member.skip[room] = len(room.pending)
+            self._touched.add(member)
+        personal = self._personal(member)
+        personal.append(encode_event(self._snapshot(room)))
+        if command.since is not None:
+            personal.extend(self._replay(room, command.since, command.epoch))
+
+    def _leave(self, member: Member[P], name: str) -> None:
+        room = member.rooms.get(name)
+        if room is None:
+            self.reply(member, ChatError("not_in_room", f"not in '{name}'", name).event())
+            return
+        personal = self._personal(member)
+        start = member.skip.pop(room, 0) if member.skip else 0
+        personal.extend(room.pending[start:])  # what it was here for
+        personal.append(encode_event(_person("leave", room, member)))
+        self._remove(member, room)
+
+    def _nick(self, member: Member[P], command: Nick) -> None:
+        if member.pinned:
+            self.reply(member, ChatError("name_pinned", "your token fixes your name").event())
+            return
+        old, member.name = member.name, command.name
+        for room in member.rooms.values():
+            if not room.counting:
+                event = _person("nick", room, member)
+                event["old"] = old
+                self._emit(room, encode_event(event))
+        self.reply(member, {"type": "nick", "id": member.id, "name": member.name, "old": old})
+
+    # -- rooms ---------------------------------------------------------------
+
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            self._rooms_made += 1
+            room = self.rooms[name] = Room(name, self._rooms_made, self._new_epoch())
+        else:
+            self._idle.pop(name, None)
+        return room
+
+    def _remove(self, member: Member[P], room: Room) -> None:
+        del room.members[member]
+        del member.rooms[room.name]
+        if member.skip is not None:
+            member.skip.pop(room, None)
+        if room.counting:
+            self._count_changed(room)
+        else:
+            self._emit(room, encode_event(_person("leave", room, member)))
+        if not room.members:
+            self._emptied(room)
+
+    def _emptied(self, room: Room) -> None:
+        room.pending.clear()  # nobody to tell; the room may stay listed as active
+        room.counting = False
+        self._counts.discard(room)
+        if not room.history:
+            del self.rooms[room.name]
+            return
+        self._idle[room.name] = self.clock()
+        if len(self._idle) > self.settings.max_idle_rooms:
+            oldest, _ = self._idle.popitem(last=False)
+            del self.rooms[oldest]
+
+    def _remember(self, room: Room, encoded: str) -> None:
+        size = len(encoded.encode())
+        history = room.history
+        history.append((room.seq, encoded, size))
+        room.history_bytes += size
+        limit, budget = self.settings.history, self.settings.history_bytes
+        while history and (len(history) > limit or room.history_bytes > budget):
+            room.history_bytes -= history.popleft()[2]
+
+    def _replay(self, room: Room, since: int, epoch: str | None) -> Iterator[str]:
+        """The join reply after the snapshot: a gap notice if needed, then the
+        messages after ``since`` that history holds, oldest first."""
+        reset = since > room.seq or (epoch is not None and epoch != room.epoch)
+        after = 0 if reset else since
+        first = room.first_seq
+        if reset or after + 1 < first:
+            gap: dict[str, Any] = {"type": "gap", "room": room.name, "since": since,
+                                   "first": first}
+            if reset:
+                gap["reset"] = True
+            yield encode_event(gap)
+        start = max(0, after + 1 - first)
+        for _, encoded, _ in islice(room.history, start, None):
+            yield encoded
+
+    def _snapshot(self, room: Room) -> dict[str, Any]:
+        snapshot: dict[str, Any] = {
+            "type": "presence",
+            "room": room.name,
+            "epoch": room.epoch,
+            "seq": room.seq,
+            "count": len(room.members),
+        }
+        if not room.counting:
+            snapshot["members"] = [{"id": m.id, "name": m.name} for m in room.members]
+        return snapshot
+
+    def _count_changed(self, room: Room) -> None:
+        room.count_changed = True
+        self._counts.add(room)
+
+    def _update_counts(self, now: float) -> None:
+        """Tell counting rooms their new size, at most once per interval; a room
+        back under the limit gets its member list again."""
+        if not self._counts or now < self._next_count:
+            return
+        self._next_count = now + self.settings.count_interval
+        limit = self.settings.presence_limit
+        for room in self._counts:
+            room.count_changed = False
+            if len(room.members) <= limit:
+                room.counting = False
+                event = self._snapshot(room)
+                del event["epoch"], event["seq"]
+            else:
+                event = _count_event(room)
+            self._emit(room, encode_event(event))
+        self._counts.clear()
+
+    def _expire(self, now: float) -> None:
+        idle, ttl = self._idle, self.settings.room_ttl
+        while idle:
+            name, since = next(iter(idle.items()))
+            if now - since < ttl:
+                break
+            del idle[name]
+            del self.rooms[name]
+
+    # -- batching ------------------------------------------------------------
+
+    def _emit(self, room: Room, encoded: str) -> None:
+        if not room.pending:
+            self._active.append(room)
+        room.pending.append(encoded)
+
+    def _personal(self, member: Member[P]) -> list[str]:
+        if member.personal is None:
+            member.personal = []
+            self._touched.add(member)
+        return member.personal
+
+    def flush(self) -> list[tuple[list[P], str]]:
+        """End the tick: every frame to send, each with the peers that get it."""
+        now = self.clock()
+        self._update_counts(now)
+        self._expire(now)
+        self._stamp += 1
+        stamp = self._stamp
+        # A room emptied and refilled this tick is listed twice: keep one.
+        active = list(dict.fromkeys(room for room in self._active if room.pending))
+        self._active = []
+        joined = {room: ",".join(room.pending) for room in active}
+        groups: dict[tuple[Room, ...], list[P]] = {}
+        frames: list[tuple[list[P], str]] = []
+        for room in active:
+            simple: list[P] = []
+            for member in room.members:
+                if member.stamp == stamp:
+                    continue
+                if member.personal is None and member.skip is None and len(member.rooms) == 1:
+                    simple.append(member.peer)
+                    continue
+                member.stamp = stamp
+                self._complex(member, joined, groups, frames)
+            if simple:
+                groups.setdefault((room,), []).extend(simple)
+        for member in self._touched:
+            if member.stamp != stamp and member.personal:
+                member.stamp = stamp
+                self._complex(member, joined, groups, frames)
+            member.personal = None
+            member.skip = None
+        self._touched.clear()
+        for room in active:
+            room.pending = []
+        for key, peers in groups.items():
+            frames.append((peers, "[" + ",".join(joined[room] for room in key) + "]"))
+        return frames
+
+    def _complex(
+        self,
+        member: Member[P],
+        joined: dict[Room, str],
+        groups: dict[tuple[Room, ...], list[P]],
+        frames: list[tuple[list[P], str]],
+    ) -> None:
+        """A member in several rooms, or with replies or a mid-tick join."""
+        rooms = sorted((r for r in member.rooms.values() if r in joined), key=_by_order)
+        if member.personal is None and member.skip is None:
+            groups.setdefault(tuple(rooms), []).append(member.peer)
+            return
+        parts = list(member.personal or ())
+        skip = member.skip or {}
+        for room in rooms:
+            start = skip.get(room, 0)
+            if start == 0:
+                parts.append(joined[room])
+            else:
+                parts.extend(room.pending[start:])
+        if parts:
+            frames.append(([member.peer], frame(parts)))
+
+    # -- reporting -----------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "rooms": len(self.rooms) - len(self._idle),
+            "idle_rooms": len(self._idle),
+            "history_messages": sum(len(r.history) for r in self.rooms.values()),
+        }
+
+
+def _by_order(room: Room) -> int:
+    return room.order
+
+
+def _person(kind: str, room: Room, member: Member[Any]) -> dict[str, Any]:
+    return {"type": kind, "room": room.name, "id": member.id, "name": member.name}
+
+
+def _count_event(room: Room) -> dict[str, Any]:
+    return {"type": "presence", "room": room.name, "count": len(room.members)}
