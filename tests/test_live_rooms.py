@@ -245,7 +245,8 @@ def test_a_member_of_two_rooms_gets_one_frame_for_both(chat_server: ServerProces
             await both.until(kind("join", room="r2", name="writer"))
             writer.recv_data_frame()
             frames_before = both.frames
-            commands = [{"type": "message", "room": r, "text": t} for r, t in (("r1", "a"), ("r2", "b"))]
+            pairs = (("r1", "a"), ("r2", "b"))
+            commands = [{"type": "message", "room": r, "text": t} for r, t in pairs]
             writer.send(b"".join(build_frame(OP_TEXT, json.dumps(c).encode()) for c in commands))
             await both.message("b")
             got = both.events[-2:]
