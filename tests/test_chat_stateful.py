@@ -224,6 +224,8 @@ class ChatMachine(RuleBasedStateMachine):
             for name, room in user.member.rooms.items():
                 assert user.member in room.members
                 assert self.chat.rooms.get(name) is room
+        for room in self.chat.rooms.values():
+            assert room.multi == sum(len(m.rooms) > 1 for m in room.members)
 
 
 ChatMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)

@@ -98,7 +98,7 @@ class Member(Generic[P]):
 class Room:
     """Members, the message sequence, history, and the tick's queued events."""
 
-    __slots__ = ("name", "order", "epoch", "seq", "members", "pending", "history",
+    __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
                  "history_bytes", "counting", "count_changed")
 
     def __init__(self, name: str, order: int, epoch: str) -> None:
@@ -107,7 +107,10 @@ class Room:
         #: Names this incarnation of the room's ``seq`` numbering.
         self.epoch = epoch
         self.seq = 0
-        self.members: dict[Member[Any], None] = {}  # insertion-ordered set
+        #: Member -> its peer, in join order: ``values()`` is a ready recipient list.
+        self.members: dict[Member[Any], Any] = {}
+        #: How many members are in other rooms too (they need a frame per room set).
+        self.multi = 0
         self.pending: list[str] = []
         self.history: deque[tuple[int, str, int]] = deque()  # (seq, event, bytes)
         self.history_bytes = 0
@@ -244,8 +247,13 @@ class Chat(Generic[P]):
             self.reply(member, error.event())
             return
         room = self._room(name)
-        room.members[member] = None
+        room.members[member] = member.peer
         member.rooms[name] = room
+        if len(member.rooms) == 2:
+            for joined in member.rooms.values():
+                joined.multi += 1
+        elif len(member.rooms) > 2:
+            room.multi += 1
         if room.counting:
             self._count_changed(room)
         elif len(room.members) > self.settings.presence_limit:
@@ -301,6 +309,12 @@ class Chat(Generic[P]):
     def _remove(self, member: Member[P], room: Room) -> None:
         del room.members[member]
         del member.rooms[room.name]
+        if len(member.rooms) == 1:
+            room.multi -= 1
+            for other in member.rooms.values():
+                other.multi -= 1
+        elif len(member.rooms) > 1:
+            room.multi -= 1
         if member.skip is not None:
             member.skip.pop(room, None)
         if room.counting:
@@ -416,7 +430,13 @@ class Chat(Generic[P]):
         joined = {room: ",".join(room.pending) for room in active}
         groups: dict[tuple[Room, ...], list[P]] = {}
         frames: list[tuple[list[P], str]] = []
+        # Rooms where someone has replies, a mid-tick join, or other rooms need
+        # a look at each member; the rest send one frame to all, built in C.
+        busy = {room for member in self._touched for room in member.rooms.values()}
         for room in active:
+            if not room.multi and room not in busy:
+                groups[(room,)] = list(room.members.values())
+                continue
             simple: list[P] = []
             for member in room.members:
                 if member.stamp == stamp:
