@@ -786,7 +786,7 @@ def flood(port: int, name: str, *, max_frames: int = 20_000, timeout: float = 10
     with RawClient(port, timeout=timeout) as client:
         client.handshake(f"/?name={name}")
         sock = client.sock
-        buf = b""
+        buf = client.buf  # the welcome frame may have come with the 101
         deadline = time.monotonic() + timeout
         while result.close_code is None and time.monotonic() < deadline:
             if result.frames_sent < max_frames:

@@ -35,17 +35,39 @@ from websockets.exceptions import ConnectionClosed
 
 Event = dict[str, Any]
 
+#: Events about who is in a room: other clients arriving, leaving or renamed.
+PRESENCE_EVENTS = {"join", "leave", "presence", "nick"}
+
 
 async def next_messages(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[Event]:
-    """Exactly the next ``count`` message events (across frames), nothing else."""
+    """Exactly the next ``count`` message events (across frames). Presence events
+    (other clients joining or leaving) may come along; anything else fails."""
     deadline = time.monotonic() + timeout
     got: list[Event] = []
     while len(got) < count:
         events = await recv_json(ws, max(0.01, deadline - time.monotonic()))
-        assert all(e["type"] == "message" for e in events), events
-        got.extend(events)
+        assert all(e["type"] in {"message", *PRESENCE_EVENTS} for e in events), events
+        got.extend(e for e in events if e["type"] == "message")
     assert len(got) == count, f"expected {count} message events, got {len(got)}"
     return got
+
+
+async def welcome_frame(ws: ClientConnection) -> list[Event]:
+    """The whole first frame: the welcome, URL errors, the default room's presence."""
+    events = await recv_json(ws)
+    assert events[0]["type"] == "welcome", events
+    return events
+
+
+async def await_joins(ws: ClientConnection, ids: set[str], timeout: float = 10.0) -> None:
+    """Read frames until each of ``ids`` joined, once; nothing else may come."""
+    deadline = time.monotonic() + timeout
+    joined: list[str] = []
+    while len(joined) < len(ids):
+        events = await recv_json(ws, max(0.01, deadline - time.monotonic()))
+        assert all(e["type"] == "join" for e in events), events
+        joined.extend(str(e["id"]) for e in events)
+    assert sorted(joined) == sorted(ids), (joined, ids)
 
 
 def frame_events(frame: Frame) -> list[Event]:
@@ -65,27 +87,40 @@ def test_handshake_and_welcome_event(chat_server: ServerProcess) -> None:
     async def scenario() -> None:
         async with ws_connect(chat_server.url + "?name=ann") as ann:
             assert ann.response is not None and ann.response.status_code == 101
-            first = await welcome(ann)
-            assert first == {
-                "type": "welcome",
-                "id": first["id"],
-                "name": "ann",
-                "room": "lobby",
-                "seq": 0,
-            }
+            first, presence = await welcome_frame(ann)
+            assert first == {"type": "welcome", "id": first["id"], "name": "ann"}
             assert isinstance(first["id"], str) and first["id"]
+            me = {"id": first["id"], "name": "ann"}
+            assert presence == {
+                "type": "presence",
+                "room": "lobby",
+                "epoch": presence["epoch"],
+                "seq": 0,
+                "count": 1,
+                "members": [me],
+            }
+            assert isinstance(presence["epoch"], str) and presence["epoch"]
 
             await ann.send("one")
             await ann.send("two")
             await next_messages(ann, 2)
 
-            # An invalid name falls back to a guest name; ids differ; the welcome
-            # tells a late joiner where the room's sequence stands.
-            async with ws_connect(chat_server.url + "?name=no%20spaces!") as other:
-                second = await welcome(other)
-                assert second["name"].startswith("guest-"), second
+            # An invalid name falls back to a guest name, and the welcome frame
+            # says why; ids differ; the presence snapshot tells a late joiner
+            # where the room's sequence stands.
+            async with ws_connect(chat_server.url + "?name=%3Cb%3Eno%3C/b%3E") as other:
+                second, error, snapshot = await welcome_frame(other)
+                assert second["type"] == "welcome"
+                assert second["name"] == f"guest-{second['id']}", second
                 assert second["id"] != first["id"]
-                assert second["seq"] == 2
+                assert error["type"] == "error" and error["error"] == "bad_name", error
+                assert isinstance(error["detail"], str)
+                assert snapshot["type"] == "presence" and snapshot["room"] == "lobby"
+                assert snapshot["seq"] == 2 and snapshot["epoch"] == presence["epoch"]
+                newcomer = {"id": second["id"], "name": second["name"]}
+                assert snapshot["members"] == [me, newcomer] and snapshot["count"] == 2
+                # ... and the room hears of the newcomer, by id.
+                assert await recv_json(ann) == [{"type": "join", "room": "lobby", **newcomer}]
 
     run(scenario())
 
@@ -115,9 +150,17 @@ def test_fan_out_to_50_clients_exactly_once_in_seq_order(chat_server: ServerProc
             *(ws_connect(f"{chat_server.url}?name=c{i}") for i in range(n_clients)),
         )
         try:
-            welcomes = await asyncio.gather(*(welcome(ws) for ws in clients))
-            assert {w["seq"] for w in welcomes} == {0}
-            assert len({w["id"] for w in welcomes}) == n_clients
+            firsts = await asyncio.gather(*(welcome_frame(ws) for ws in clients))
+            ids = {str(f[0]["id"]) for f in firsts}
+            assert len(ids) == n_clients
+            snapshots = [f[1] for f in firsts]
+            assert all(s["type"] == "presence" and s["seq"] == 0 for s in snapshots), snapshots
+            # Everyone is here before the measured phase: each client hears of
+            # those who joined after it, so only messages are in flight from now on.
+            await asyncio.gather(*(
+                await_joins(ws, ids - {str(m["id"]) for m in s["members"]})
+                for ws, s in zip(clients, snapshots, strict=True)
+            ))
 
             collectors = [asyncio.create_task(collect(ws)) for ws in clients]
             senders = clients[:n_senders]
@@ -166,7 +209,10 @@ def test_messages_sent_within_one_tick_arrive_in_one_frame(
 
     async def scenario() -> None:
         async with ws_connect(chat_server.url, compression=None) as observer:
-            await welcome(observer)
+            newcomer = await welcome(observer)
+            # The raw client hears of the observer first, in a tick of its own.
+            joined = frame_events(raw.recv_data_frame())
+            assert [(e["type"], e["id"]) for e in joined] == [("join", newcomer["id"])]
             # Three masked frames in ONE write: the server reads them in one turn,
             # so they land in one tick and leave as one frame.
             burst = b"".join(
@@ -273,6 +319,8 @@ def test_big_broadcast_is_compressed_on_the_wire(
     assert "sec-websocket-extensions" not in headers
     for client in (deflated, plain):
         assert frame_events(client.recv_data_frame())[0]["type"] == "welcome"
+    joined = frame_events(deflated.recv_data_frame())
+    assert [(e["type"], e["name"]) for e in joined] == [("join", "plain")]
 
     big = "the quick brown fox jumps over the lazy dog " * 60
 
@@ -304,7 +352,9 @@ def test_server_max_window_bits_offer_is_honoured(
     large: RawClient = raw_client(chat_server.port)
     large.handshake("/?name=large", extensions="permessage-deflate")
     for client in (small, large):
-        frame_events(client.recv_data_frame())
+        assert frame_events(client.recv_data_frame())[0]["type"] == "welcome"
+    joined = frame_events(small.recv_data_frame())
+    assert [(e["type"], e["name"]) for e in joined] == [("join", "large")]
 
     # A 1500-character block repeated: a 15-bit window refers back 1500 bytes,
     # which a 10-bit (1 KiB) window cannot hold.
@@ -400,8 +450,14 @@ BAD_COMMANDS = [
     ('{"type": "nope"}', "unknown_type"),
     ('{"type": "message", "text": 5}', "bad_command"),
     ('{"type": "message", "room": 7, "text": "x"}', "bad_command"),
-    ('{"type": "message", "room": "elsewhere", "text": "hi"}', "unknown_room"),
-    ('{"type": "join", "room": "r"}', "unsupported"),
+    ('{"type": "message", "room": "elsewhere", "text": "hi"}', "not_in_room"),
+    ('{"type": "message", "room": "no spaces", "text": "hi"}', "bad_room"),
+    ('{"type": "join", "room": "lobby"}', "already_joined"),
+    ('{"type": "join", "room": "a/b"}', "bad_room"),
+    ('{"type": "join"}', "bad_command"),
+    ('{"type": "leave", "room": "elsewhere"}', "not_in_room"),
+    ('{"type": "nick", "name": "<b>"}', "bad_name"),
+    ('{"type": "nick", "name": 5}', "bad_command"),
     ("   ", "empty_text"),
     ("x" * 4097, "text_too_long"),
 ]
@@ -413,7 +469,7 @@ def test_bad_commands_get_an_error_event_and_the_connection_stays_open(
     async def scenario() -> None:
         async with ws_connect(chat_server.url) as ws, ws_connect(chat_server.url) as observer:
             await welcome(ws)
-            await welcome(observer)
+            await await_joins(ws, {str((await welcome(observer))["id"])})
             for text, code in BAD_COMMANDS:
                 await ws.send(text)
                 events = await recv_json(ws)
@@ -489,7 +545,7 @@ def test_head_healthz_has_headers_but_no_body(chat_server: ServerProcess) -> Non
     assert body == b""
 
 
-@pytest.mark.parametrize("path", ["/", "/ws", "/?room=lobby"])
+@pytest.mark.parametrize("path", ["/ws", "/ws?room=lobby"])
 def test_plain_get_on_a_websocket_path_is_426(chat_server: ServerProcess, path: str) -> None:
     response = http_get(chat_server.port, path)
     assert response.status == 426

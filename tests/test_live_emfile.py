@@ -58,16 +58,19 @@ def test_server_survives_emfile(tmp_path: Path) -> None:
         for sock in hogs:
             sock.close()
 
-        async def chat() -> list[dict[str, object]]:
+        async def chat() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
             async with connect(f"ws://127.0.0.1:{port}/?name=after") as ws:
                 welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
                 await ws.send("still here")
                 batch = json.loads(await asyncio.wait_for(ws.recv(), 10))
-                return [*welcome, *batch]
+                return welcome, batch
 
-        events = asyncio.run(asyncio.wait_for(chat(), 30))
-        assert events[0]["type"] == "welcome"
-        assert events[1]["type"] == "message" and events[1]["text"] == "still here"
+        welcome, batch = asyncio.run(asyncio.wait_for(chat(), 30))
+        # The welcome frame: the welcome, then the lobby's presence (alone there).
+        assert [e["type"] for e in welcome] == ["welcome", "presence"], welcome
+        assert welcome[1]["members"] == [{"id": welcome[0]["id"], "name": "after"}], welcome
+        assert len(batch) == 1, batch
+        assert batch[0]["type"] == "message" and batch[0]["text"] == "still here"
         assert proc.poll() is None
         # One warning per episode, not one per failed accept.
         assert log.read_bytes().count(b"accept failed") <= 3

@@ -62,11 +62,18 @@ def healthz(port: int) -> dict[str, Any]:
     return body
 
 
+#: Events about who is in a room: other clients arriving, leaving or renamed.
+PRESENCE_EVENTS = {"join", "leave", "presence", "nick"}
+
+
 async def next_messages(ws: ClientConnection, count: int, timeout: float = 10.0) -> list[Event]:
+    """The next ``count`` message events; presence events may come along, but
+    nothing else (an error event fails)."""
     deadline = time.monotonic() + timeout
     got: list[Event] = []
     while len(got) < count:
         events = await recv_json(ws, max(0.01, deadline - time.monotonic()))
+        assert all(e["type"] in {"message", *PRESENCE_EVENTS} for e in events), events
         got.extend(e for e in events if e["type"] == "message")
     assert len(got) == count
     return got
@@ -168,7 +175,10 @@ def test_slow_consumer_is_closed_1008_memory_bounded_others_unaffected(
     assert all(f.opcode == OP_TEXT and not f.rsv1 for f in frames[:-1])
     events = [e for f in frames[:-1] for e in json.loads(f.payload)]
     assert events[0]["type"] == "welcome"
-    seqs = [e["seq"] for e in events[1:]]
+    # Besides messages: its presence snapshot, then the two others joining.
+    others = [(e["type"], e.get("name")) for e in events[1:] if e["type"] != "message"]
+    assert others == [("presence", None), ("join", "sender"), ("join", "observer")], others
+    seqs = [e["seq"] for e in events[1:] if e["type"] == "message"]
     # What the slow peer got is a gap-free prefix of the room's messages.
     assert seqs == list(range(1, len(seqs) + 1))
     assert len(seqs) < result["last_seq"]
@@ -521,6 +531,9 @@ def test_fuzz_bad_bytes_never_crash_the_server(server_factory: ServerFactory) ->
             raw = observer.recv(timeout=max(0.01, deadline - time.monotonic()))
             assert isinstance(raw, str)
             for event in json.loads(raw):
+                if event["type"] in ("join", "leave"):  # the fuzzing clients come and go
+                    assert event["name"] in ("fz", "rnd"), event
+                    continue
                 assert event["type"] == "message", event
                 if event["from"] == "observer":
                     assert event["text"] == "marker after the fuzz"
@@ -569,15 +582,18 @@ CHAT_INPUTS = st.one_of(
 
 
 def test_fuzz_chat_text_is_always_answered_and_never_fatal(server_factory: ServerFactory) -> None:
-    """Any text frame gets exactly one answer, a broadcast or an error event, and
-    the connection stays open (chat protocol v1, DESIGN §2)."""
+    """Any text frame gets exactly one answer, a broadcast, an error event or the
+    reply to a join, leave or nick, and the connection stays open (chat protocol v1)."""
     server = server_factory("--flush-interval-ms", "5")
     answered = Counter[str]()
     with sync_connect(
         server.url + "?name=talker", proxy=None, open_timeout=5, close_timeout=2,
         ping_interval=None,
     ) as ws:
-        assert json.loads(ws.recv(timeout=5))[0]["type"] == "welcome"
+        first = json.loads(ws.recv(timeout=5))
+        assert first[0]["type"] == "welcome"
+        me = first[0]["id"]
+        rooms = {"lobby"}  # where the talker is, as its answers say
 
         @settings(max_examples=60, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow])
@@ -585,20 +601,37 @@ def test_fuzz_chat_text_is_always_answered_and_never_fatal(server_factory: Serve
         def one_text(text: str) -> None:
             ws.send(text)
             events = json.loads(ws.recv(timeout=3))
-            assert len(events) == 1, events
-            event = events[0]
+            event, rest = events[0], events[1:]
             answered[event["type"]] += 1
+            if event["type"] == "presence":  # joined: the snapshot, then any replay
+                assert {e["type"] for e in rest} <= {"gap", "message"}, events
+                assert all(e["room"] == event["room"] for e in rest), events
+                assert event["room"] not in rooms, events
+                rooms.add(event["room"])
+                return
+            if event["type"] == "nick":  # the reply, then the rename in each room
+                assert event["id"] == me and "room" not in event, events
+                assert sorted(e["room"] for e in rest) == sorted(rooms), events
+                assert all(e["type"] == "nick" and e["id"] == me for e in rest), events
+                return
+            assert len(events) == 1, events
             if event["type"] == "error":
                 assert isinstance(event["error"], str) and isinstance(event["detail"], str)
+            elif event["type"] == "leave":
+                assert event["id"] == me and event["room"] in rooms, (event, rooms)
+                rooms.discard(event["room"])
             else:
                 assert event["type"] == "message", event
-                assert event["from"] == "talker" and event["room"] == "lobby"
+                assert event["from_id"] == me and event["room"] in rooms, (event, rooms)
                 if not text.lstrip().startswith("{"):
                     assert event["text"] == text
                 assert event["text"].strip()
 
         one_text()
         assert answered["message"] > 0 and answered["error"] > 0, answered
+        if "lobby" not in rooms:  # a fuzzed leave took the talker out
+            ws.send(json.dumps({"type": "join", "room": "lobby"}))
+            assert json.loads(ws.recv(timeout=3))[0]["type"] == "presence"
         ws.send("still open")
         assert json.loads(ws.recv(timeout=3))[0]["text"] == "still open"
     assert server.alive()

@@ -12,7 +12,7 @@ from functools import cache
 from importlib import resources
 
 from wsnet._http import Request, Response, text_response
-from wsnet.chat.protocol import ChatError, parse_hello, valid_name
+from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 from wsnet.server import Connection, Handler
 from wsnet.tokens import TokenError, verify_token
@@ -86,13 +86,15 @@ class ChatApp(Handler):
             self.chat.disconnect(member)
 
     def on_rate_limited(self, conn: Connection) -> None:
+        # Sent now, not with the tick: if the flood goes on, the 1008 close may
+        # come before the tick, and the client should have been told first.
         error = ChatError("rate_limited", "too many messages: slow down or be disconnected")
-        self.chat.reply(conn.context, error.event())
+        conn.send(frame([encode_event(error.event())]))
 
     def on_tick(self) -> None:
         broadcast = self.server.broadcast
-        for peers, frame in self.chat.flush():
-            broadcast(peers, frame)
+        for peers, text in self.chat.flush():
+            broadcast(peers, text)
 
     def on_http(self, request: Request) -> Response | None:
         if request.path in PAGE_PATHS:
