@@ -1,25 +1,20 @@
-"""The chat application (protocol v1): rooms, presence, history and the web page."""
+"""The chat application (protocol v1, DESIGN §2): rooms, presence, history with
+resume, and a web client at ``GET /``.
+
+``protocol`` parses commands and encodes events, ``rooms`` holds the state and
+the per-tick batching without sockets, ``app`` binds them to the server.
+"""
 
 from wsnet.chat.app import ChatApp
-from wsnet.chat.protocol import (
-    MAX_TEXT_CHARS,
-    ChatError,
-    SendMessage,
-    encode_event,
-    parse_command,
-    valid_name,
-    valid_room,
-)
+from wsnet.chat.protocol import MAX_TEXT_CHARS, ChatError, parse_command, valid_name, valid_room
 from wsnet.chat.rooms import Chat, ChatSettings
 
 __all__ = [
-    "ChatApp",
-    "ChatSettings",
-    "Chat",
-    "ChatError",
-    "SendMessage",
     "MAX_TEXT_CHARS",
-    "encode_event",
+    "Chat",
+    "ChatApp",
+    "ChatError",
+    "ChatSettings",
     "parse_command",
     "valid_name",
     "valid_room",
