@@ -4,10 +4,12 @@ commands in, ``(peers, frame)`` batches out, on a fake clock."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
+from wsnet.chat.app import ChatApp
 from wsnet.chat.protocol import ChatError
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 
@@ -373,6 +375,70 @@ def test_history_zero_keeps_nothing_and_says_so() -> None:
     assert message_seqs(events) == []
 
 
+def test_history_counts_the_bytes_it_holds() -> None:
+    h = Harness()
+    h.connect("ann")
+    h.send("ann", "\U0001f600" * 1000)
+    h.tick()
+    room = h.chat.rooms["lobby"]
+    (_, data), = room.history
+    assert isinstance(data, bytes) and room.history_bytes == len(data) > 4000
+
+
+def test_a_global_budget_forgets_idle_rooms_first_then_trims_the_writer() -> None:
+    big = "x" * 4000
+    h = Harness(history_bytes=64 * 1024, history_total_bytes=150 * 1024)
+    h.connect("ann", room=None)
+    for room in ("old", "newer"):
+        h.send("ann", join(room))
+        for _ in range(15):
+            h.send("ann", say(room, big))
+        h.send("ann", {"type": "leave", "room": room})
+    h.tick()
+    assert set(h.chat.rooms) == {"old", "newer"}
+    h.send("ann", join("busy"))
+    for _ in range(40):
+        h.send("ann", say("busy", big))
+    h.tick()
+    assert "old" not in h.chat.rooms  # forgotten first, oldest first
+    assert "newer" in h.chat.rooms
+    total = sum(room.history_bytes for room in h.chat.rooms.values())
+    assert total <= 150 * 1024
+    assert h.chat.rooms["busy"].history  # the writer keeps what fits
+
+
+def test_replays_in_one_tick_are_bounded() -> None:
+    h = chat_with_history(250, history_bytes=64 * 1024)
+    for _ in range(200):
+        h.send("ann", "y" * 400)
+    h.tick()
+    history = h.chat.rooms["lobby"].history_bytes
+    h.connect("bob", room=None)
+    for _ in range(50):
+        h.send("bob", join("lobby", since=0))
+        h.send("bob", {"type": "leave", "room": "lobby"})
+    got = h.tick()["bob"]
+    size = len(json.dumps(got))
+    assert size <= 2 * history + 50_000
+    assert any(e.get("error") == "replay_limited" for e in got)
+    # The next tick has a fresh budget.
+    h.send("bob", join("lobby", since=0))
+    assert "replay_limited" not in json.dumps(h.tick()["bob"])
+
+
+def test_an_epoch_of_any_length_forces_a_reset_when_it_does_not_match() -> None:
+    h = chat_with_history(5)
+    events = h.connect("bob", since=2, epoch="e" * 40)
+    assert events[2]["type"] == "gap" and events[2]["reset"] is True
+    assert message_seqs(events) == [1, 2, 3, 4, 5]
+
+
+def test_the_app_times_intervals_on_a_monotonic_clock() -> None:
+    chat = ChatApp().chat
+    assert chat.clock is time.time  # message timestamps
+    assert chat.timer is time.monotonic  # count interval, room TTL
+
+
 # ----------------------------------------------------------------------------
 # Presence degrades to counts in large rooms
 # ----------------------------------------------------------------------------
@@ -420,6 +486,21 @@ def test_a_room_back_under_the_limit_gets_its_member_list_again() -> None:
     h.tick()
     h.connect("y")
     assert h.tick()["a"][-1]["type"] in ("join", "presence")
+
+
+def test_rooms_crossing_the_limit_do_not_delay_another_rooms_count() -> None:
+    h = Harness(presence_limit=1, count_interval=1.0)
+    for peer in "abc":
+        h.connect(peer, room="big")
+    h.tick()
+    h.drop("c")
+    got: list[Event] = []
+    for i in range(40):  # 2 s of ticks, a fresh room crossing the limit in each
+        h.clock.now += 0.05
+        h.connect(f"x{i}", room=f"fresh{i}")
+        h.connect(f"y{i}", room=f"fresh{i}")
+        got += h.tick().get("a", [])
+    assert {"type": "presence", "room": "big", "count": 2} in got
 
 
 def test_presence_cost_is_linear_in_a_big_room() -> None:
@@ -503,8 +584,10 @@ def test_disconnects_leave_no_state_behind() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [("history", -1), ("max_rooms_per_client", 0), ("presence_limit", -1),
-     ("history_bytes", 1000)],
+     ("history_bytes", 1000), ("history_bytes", 1 << 30), ("count_interval", 0),
+     ("room_ttl", -1), ("max_idle_rooms", -1)],
 )
-def test_settings_refuse_nonsense(field: str, value: int) -> None:
+def test_settings_refuse_nonsense(field: str, value: float) -> None:
+    fields: dict[str, Any] = {field: value}
     with pytest.raises(ValueError):
-        ChatSettings(**{field: value})
+        ChatSettings(**fields)

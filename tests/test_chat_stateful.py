@@ -33,7 +33,8 @@ class RoomView:
     epoch: str | None = None
     last: int | None = None  # the last seq it has (None: not positioned yet)
     joined: bool = False
-    resuming: int | None = None  # the since of a join in flight
+    #: The since of each join in flight (None: a join without since), in order.
+    resuming: list[int | None] = field(default_factory=list)
     left_at: list[int] = field(default_factory=list)  # room seq at each leave sent
     #: A resume asked (before the tick delivered them) for messages it then got:
     #: their replay up to here is what it asked for, not a duplicate.
@@ -79,13 +80,13 @@ class ChatMachine(RuleBasedStateMachine):
             if kind == "presence" and "epoch" in event:  # a join reply
                 assert not view.joined, f"{user.peer} joined {room} twice"
                 view.joined = True
-                if view.resuming is not None and event["epoch"] == view.epoch:
+                since = view.resuming.pop(0)
+                if since is not None and event["epoch"] == view.epoch:
                     view.asked_again = view.last or 0
-                    view.last = view.resuming
+                    view.last = since
                 else:
-                    view.last = event["seq"] if view.resuming is None else None
+                    view.last = event["seq"] if since is None else None
                 view.epoch = event["epoch"]
-                view.resuming = None
             elif kind == "gap":
                 assert view.joined
                 if event.get("reset"):
@@ -122,7 +123,7 @@ class ChatMachine(RuleBasedStateMachine):
             view = user.view(room)
             if view.last is not None:  # come back where we were
                 since, epoch = view.last, view.epoch
-                view.resuming = since
+            view.resuming.append(since)
         member, welcome = self.chat.connect(
             user.peer, user.peer, name, room=room, since=since, epoch=epoch,
         )
@@ -139,9 +140,9 @@ class ChatMachine(RuleBasedStateMachine):
         command: dict[str, Any] = {"type": "join", "room": room}
         if resume and view.last is not None:
             command.update(since=view.last, epoch=view.epoch)
-            view.resuming = view.last
+            view.resuming.append(view.last)
         else:
-            view.resuming = None
+            view.resuming.append(None)
         self.chat.receive(user.member, json.dumps(command))
 
     @rule(name=st.sampled_from(USERS), room=st.sampled_from(ROOMS))
@@ -171,7 +172,7 @@ class ChatMachine(RuleBasedStateMachine):
         user.member = None
         for view in user.views.values():
             view.joined = False
-            view.resuming = None
+            view.resuming.clear()
             view.left_at.clear()
 
     @rule(seconds=st.sampled_from([0.05, 1.0, 40.0]))
@@ -204,7 +205,7 @@ class ChatMachine(RuleBasedStateMachine):
     @invariant()
     def history_is_bounded_and_contiguous(self) -> None:
         for room in self.chat.rooms.values():
-            seqs = [seq for seq, _, _ in room.history]
+            seqs = [seq for seq, _ in room.history]
             assert len(seqs) <= HISTORY
             assert seqs == list(range(room.seq - len(seqs) + 1, room.seq + 1))
 
@@ -226,6 +227,9 @@ class ChatMachine(RuleBasedStateMachine):
                 assert self.chat.rooms.get(name) is room
         for room in self.chat.rooms.values():
             assert room.multi == sum(len(m.rooms) > 1 for m in room.members)
+            assert room.history_bytes == sum(len(data) for _, data in room.history)
+        total = sum(room.history_bytes for room in self.chat.rooms.values())
+        assert self.chat._history_total == total
 
 
 ChatMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)

@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="...and at most this many bytes of them (default %(default)s)",
     )
     p.add_argument(
+        "--history-total-bytes", type=int, default=c.history_total_bytes,
+        help="history of all rooms together (default %(default)s)",
+    )
+    p.add_argument(
         "--max-rooms-per-client", type=int, default=c.max_rooms_per_client,
         help="chat rooms one connection may be in (default %(default)s)",
     )
@@ -228,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = ChatSettings(
                 history=args.history,
                 history_bytes=args.history_bytes,
+                history_total_bytes=args.history_total_bytes,
                 max_rooms_per_client=args.max_rooms_per_client,
                 presence_limit=args.presence_limit,
                 room_ttl=args.room_ttl,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from wsnet.server import Connection, Handler
 from wsnet.tokens import TokenError, verify_token
 
 __all__ = ["ChatApp"]
+
+log = logging.getLogger("wsnet")
 
 PAGE_PATHS = ("/", "/index.html")
 
@@ -94,7 +97,10 @@ class ChatApp(Handler):
     def on_tick(self) -> None:
         broadcast = self.server.broadcast
         for peers, text in self.chat.flush():
-            broadcast(peers, text)
+            try:
+                broadcast(peers, text)
+            except Exception:  # one bad frame must not cost the rest of the tick
+                log.exception("chat frame for %d clients not sent", len(peers))
 
     def on_http(self, request: Request) -> Response | None:
         if request.path in PAGE_PATHS:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,19 +40,36 @@ LOBBY = "lobby"
 
 # Letters and digits of any script plus "_ . -"; names may hold single inner
 # spaces (people's names do), rooms may not (they travel in URLs).
-_NAME = re.compile(r"[\w.\-]+(?: [\w.\-]+)*")
-_ROOM = re.compile(r"[\w.\-]{1,64}")
+_CID = re.compile(rf"[!-~]{{1,{MAX_CID_CHARS}}}")
 _NAME_MAX = 32
+_ROOM_MAX = 64
+#: Letters, marks and digits of any script (by Unicode category), "_ . -".
+_WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No"})
+#: Letters that render as nothing: a name made of them would be invisible.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _word_char(ch: str) -> bool:
+    if ch in "_.-":
+        return True
+    return unicodedata.category(ch) in _WORD_CATEGORIES and ch not in _BLANK_LETTERS
+
+
+def _words(text: str, limit: int, spaces: bool) -> bool:
+    if not 0 < len(text) <= limit or unicodedata.category(text[0]).startswith("M"):
+        return False  # a mark needs something to sit on
+    parts = text.split(" ") if spaces else [text]
+    return all(part and all(_word_char(ch) for ch in part) for part in parts)
 
 
 def valid_name(name: object) -> bool:
-    return (
-        isinstance(name, str) and 0 < len(name) <= _NAME_MAX and _NAME.fullmatch(name) is not None
-    )
+    """1-32 letters, marks and digits of any script, ``_ . -``, single inner spaces."""
+    return isinstance(name, str) and _words(name, _NAME_MAX, spaces=True)
 
 
 def valid_room(room: object) -> bool:
-    return isinstance(room, str) and _ROOM.fullmatch(room) is not None
+    """Like a name, without spaces (rooms travel in URLs), up to 64 characters."""
+    return isinstance(room, str) and _words(room, _ROOM_MAX, spaces=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +145,9 @@ def parse_command(text: str) -> Command | ChatError:
 
 def _parse_message(command: Mapping[str, Any]) -> Command | ChatError:
     cid = command.get("cid")
-    if cid is not None and not (isinstance(cid, str) and 0 < len(cid) <= MAX_CID_CHARS):
-        return ChatError("bad_command", f"'cid' must be a string of 1-{MAX_CID_CHARS} characters")
+    if cid is not None and not (isinstance(cid, str) and _CID.fullmatch(cid)):
+        detail = f"'cid' must be 1-{MAX_CID_CHARS} printable ASCII characters"
+        return ChatError("bad_command", detail)
     room = command.get("room")
     if room is not None:
         if not isinstance(room, str):
@@ -142,15 +161,15 @@ def _parse_message(command: Mapping[str, Any]) -> Command | ChatError:
 
 
 def _checked_text(room: str | None, text: str, cid: str | None) -> SendMessage | ChatError:
+    if len(text) > MAX_TEXT_CHARS:
+        detail = f"message text is over {MAX_TEXT_CHARS} characters"
+        return ChatError("text_too_long", detail, room, cid)
     try:
         text.encode()
     except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
         return ChatError("bad_text", "text is not valid Unicode", room, cid)
     if not text.strip():
         return ChatError("empty_text", "message text is empty", room, cid)
-    if len(text) > MAX_TEXT_CHARS:
-        detail = f"message text is over {MAX_TEXT_CHARS} characters"
-        return ChatError("text_too_long", detail, room, cid)
     return SendMessage(room, text, cid)
 
 
@@ -159,7 +178,7 @@ def _room_of(command: Mapping[str, Any]) -> str | ChatError:
     if not isinstance(room, str):
         return ChatError("bad_command", f"'{command['type']}' needs a string 'room'")
     if not valid_room(room):
-        return ChatError("bad_room", "room names are 1-64 letters, digits, '_', '.' or '-'")
+        return ChatError("bad_room", ROOM_RULE)
     return room
 
 
@@ -203,6 +222,7 @@ _PARSERS = {
 }
 
 NAME_RULE = "names are 1-32 letters, digits, '_', '.', '-' or single inner spaces"
+ROOM_RULE = "room names are 1-64 letters, digits, '_', '.' or '-'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +244,7 @@ def parse_hello(query: Mapping[str, str]) -> Hello:
     errors: list[ChatError] = []
     name = query.get("name")
     if name is not None and not valid_name(name):
-        errors.append(ChatError("bad_name", f"{NAME_RULE}; you got a guest name"))
+        errors.append(ChatError("bad_name", NAME_RULE))
         name = None
     room: str | None = query.get("room", LOBBY)
     if not valid_room(room):
@@ -237,10 +257,9 @@ def parse_hello(query: Mapping[str, str]) -> Hello:
             since = int(raw)
         else:
             errors.append(ChatError("bad_command", "'since' must be a non-negative integer"))
-    epoch = query.get("epoch")
-    if epoch is not None and len(epoch) > MAX_EPOCH_CHARS:
-        epoch = None
-    return Hello(name, room, since, epoch, tuple(errors))
+    # Any epoch is kept, even a long one: it can only fail to match, which
+    # makes the resume a reset, never a replay from the wrong numbering.
+    return Hello(name, room, since, query.get("epoch"), tuple(errors))
 
 
 def encode_event(event: Mapping[str, Any]) -> str:

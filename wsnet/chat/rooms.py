@@ -21,7 +21,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, TypeVar
@@ -63,19 +63,31 @@ class ChatSettings:
     room_ttl: float = 600.0
     #: ...and at most this many empty rooms are kept, oldest forgotten first.
     max_idle_rooms: int = 10_000
+    #: All rooms' history together: past it, empty rooms are forgotten oldest
+    #: first, then the room being written to keeps less.
+    history_total_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.history < 0 or self.max_rooms_per_client < 1 or self.presence_limit < 0:
             raise ValueError("history >= 0, max_rooms_per_client >= 1, presence_limit >= 0")
-        if self.history_bytes < 64 * 1024:
-            raise ValueError("history_bytes must hold the largest message (>= 64 KiB)")
+        if not 64 * 1024 <= self.history_bytes <= self.history_total_bytes:
+            raise ValueError("64 KiB <= history_bytes <= history_total_bytes")
+        if not (self.count_interval > 0 and self.room_ttl >= 0 and self.max_idle_rooms >= 0):
+            raise ValueError("count_interval > 0, room_ttl >= 0, max_idle_rooms >= 0")
+
+    @property
+    def replay_budget(self) -> int:
+        """Replayed bytes one client may ask for in one tick: two full rooms.
+        Without it, join-with-since and leave in a loop would copy a room's
+        whole history into one frame a hundred times over."""
+        return 2 * self.history_bytes
 
 
 class Member(Generic[P]):
     """One connected client as the chat sees it."""
 
     __slots__ = ("peer", "id", "name", "pinned", "default_room", "rooms", "personal", "skip",
-                 "stamp")
+                 "stamp", "replayed")
 
     def __init__(self, peer: P, ident: str, name: str, pinned: bool) -> None:
         self.peer = peer
@@ -90,6 +102,7 @@ class Member(Generic[P]):
         #: For rooms joined this tick: how many of their queued events to skip.
         self.skip: dict[Room, int] | None = None
         self.stamp = 0  # the last flush that built this member's frame
+        self.replayed = 0  # history bytes replayed to it this tick
 
     def __repr__(self) -> str:
         return f"<Member {self.id} {self.name!r} in {len(self.rooms)} rooms>"
@@ -99,7 +112,7 @@ class Room:
     """Members, the message sequence, history, and the tick's queued events."""
 
     __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
-                 "history_bytes", "counting", "count_changed")
+                 "history_bytes", "counting", "count_due")
 
     def __init__(self, name: str, order: int, epoch: str) -> None:
         self.name = name
@@ -112,11 +125,12 @@ class Room:
         #: How many members are in other rooms too (they need a frame per room set).
         self.multi = 0
         self.pending: list[str] = []
-        self.history: deque[tuple[int, str, int]] = deque()  # (seq, event, bytes)
+        #: (seq, event as UTF-8): bytes, so that what is counted is what is held.
+        self.history: deque[tuple[int, bytes]] = deque()
         self.history_bytes = 0
         #: Presence is a count, not a member list (more than presence_limit members).
         self.counting = False
-        self.count_changed = False
+        self.count_due = 0.0  # when its members may next hear the count
 
     @property
     def first_seq(self) -> int:
@@ -139,17 +153,22 @@ class Chat(Generic[P]):
         settings: ChatSettings | None = None,
         clock: Callable[[], float] = time.time,
         new_epoch: Callable[[], str] = _new_epoch,
+        timer: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings or ChatSettings()
+        #: Wall-clock time, for the ``ts`` of messages only.
         self.clock = clock
+        #: Time for intervals and expiry, which must not jump with the wall clock
+        #: (the same as ``clock`` when only that is given, as tests do).
+        self.timer = timer or (time.monotonic if clock is time.time else clock)
         self._new_epoch = new_epoch
+        self._history_total = 0
         self.rooms: dict[str, Room] = {}
         #: Empty rooms kept for their history, oldest first: name -> emptied at.
         self._idle: OrderedDict[str, float] = OrderedDict()
         self._active: list[Room] = []  # rooms with queued events this tick
         self._touched: set[Member[P]] = set()  # members with personal or skip state
         self._counts: set[Room] = set()  # counting rooms whose count changed
-        self._next_count = 0.0
         self._rooms_made = 0
         self._stamp = 0
 
@@ -220,11 +239,10 @@ class Chat(Generic[P]):
             where = f"join '{name}' first" if name is not None else "join a room first"
             self.reply(member, ChatError("not_in_room", where, name, command.cid).event())
             return
-        room.seq += 1
         event: dict[str, Any] = {
             "type": "message",
             "room": room.name,
-            "seq": room.seq,
+            "seq": room.seq + 1,
             "from": member.name,
             "from_id": member.id,
             "text": command.text,
@@ -233,7 +251,9 @@ class Chat(Generic[P]):
         if command.cid is not None:
             event["cid"] = command.cid
         encoded = encode_event(event)
-        self._remember(room, encoded)
+        data = encoded.encode()  # before seq moves: a failure must not leave a hole
+        room.seq += 1
+        self._remember(room, data)
         self._emit(room, encoded)
 
     def _join(self, member: Member[P], command: Join) -> None:
@@ -246,7 +266,18 @@ class Chat(Generic[P]):
             error = ChatError("too_many_rooms", f"at most {limit} rooms at once", name)
             self.reply(member, error.event())
             return
+        existing = self.rooms.get(name)
+        replay: list[str] = []
+        if command.since is not None and existing is not None:
+            replay, size = self._replay(existing, command.since, command.epoch)
+            if member.replayed + size > self.settings.replay_budget:
+                detail = "too much history at once: join again with since in a moment"
+                self.reply(member, ChatError("replay_limited", detail, name).event())
+                return
+            member.replayed += size
         room = self._room(name)
+        if command.since is not None and existing is None:
+            replay, _ = self._replay(room, command.since, command.epoch)
         room.members[member] = member.peer
         member.rooms[name] = room
         if len(member.rooms) == 2:
@@ -259,7 +290,7 @@ class Chat(Generic[P]):
         elif len(room.members) > self.settings.presence_limit:
             room.counting = True
             self._emit(room, encode_event(_count_event(room)))
-            self._next_count = self.clock() + self.settings.count_interval
+            room.count_due = self.timer() + self.settings.count_interval
         else:
             self._emit(room, encode_event(_person("join", room, member)))
         if room.pending:
@@ -269,8 +300,7 @@ class Chat(Generic[P]):
             self._touched.add(member)
         personal = self._personal(member)
         personal.append(encode_event(self._snapshot(room)))
-        if command.since is not None:
-            personal.extend(self._replay(room, command.since, command.epoch))
+        personal.extend(replay)
 
     def _leave(self, member: Member[P], name: str) -> None:
         room = member.rooms.get(name)
@@ -331,35 +361,54 @@ class Chat(Generic[P]):
         if not room.history:
             del self.rooms[room.name]
             return
-        self._idle[room.name] = self.clock()
+        self._idle[room.name] = self.timer()
         if len(self._idle) > self.settings.max_idle_rooms:
-            oldest, _ = self._idle.popitem(last=False)
-            del self.rooms[oldest]
+            self._forget_oldest_idle()
 
-    def _remember(self, room: Room, encoded: str) -> None:
-        size = len(encoded.encode())
+    def _forget_oldest_idle(self) -> None:
+        name, _ = self._idle.popitem(last=False)
+        room = self.rooms.pop(name)
+        self._history_total -= room.history_bytes
+
+    def _remember(self, room: Room, data: bytes) -> None:
         history = room.history
-        history.append((room.seq, encoded, size))
-        room.history_bytes += size
+        history.append((room.seq, data))
+        room.history_bytes += len(data)
+        self._history_total += len(data)
+        while self._history_total > self.settings.history_total_bytes and self._idle:
+            self._forget_oldest_idle()
         limit, budget = self.settings.history, self.settings.history_bytes
-        while history and (len(history) > limit or room.history_bytes > budget):
-            room.history_bytes -= history.popleft()[2]
+        total_budget = self.settings.history_total_bytes
+        while history and (
+            len(history) > limit
+            or room.history_bytes > budget
+            or (self._history_total > total_budget and len(history) > 1)
+        ):
+            size = len(history.popleft()[1])
+            room.history_bytes -= size
+            self._history_total -= size
 
-    def _replay(self, room: Room, since: int, epoch: str | None) -> Iterator[str]:
-        """The join reply after the snapshot: a gap notice if needed, then the
-        messages after ``since`` that history holds, oldest first."""
+    def _replay(self, room: Room, since: int, epoch: str | None) -> tuple[list[str], int]:
+        """The join reply after the snapshot, and its history bytes: a gap
+        notice if needed, then the messages after ``since`` that history holds,
+        oldest first."""
         reset = since > room.seq or (epoch is not None and epoch != room.epoch)
         after = 0 if reset else since
         first = room.first_seq
+        events: list[str] = []
         if reset or after + 1 < first:
             gap: dict[str, Any] = {"type": "gap", "room": room.name, "since": since,
                                    "first": first}
             if reset:
                 gap["reset"] = True
-            yield encode_event(gap)
-        start = max(0, after + 1 - first)
-        for _, encoded, _ in islice(room.history, start, None):
-            yield encoded
+            events.append(encode_event(gap))
+        # History holds consecutive seqs (a seq moves only once its event is
+        # stored), so the position of ``after + 1`` is arithmetic.
+        size = 0
+        for _, data in islice(room.history, max(0, after + 1 - first), None):
+            events.append(data.decode())
+            size += len(data)
+        return events, size
 
     def _snapshot(self, room: Room) -> dict[str, Any]:
         snapshot: dict[str, Any] = {
@@ -374,18 +423,15 @@ class Chat(Generic[P]):
         return snapshot
 
     def _count_changed(self, room: Room) -> None:
-        room.count_changed = True
         self._counts.add(room)
 
     def _update_counts(self, now: float) -> None:
-        """Tell counting rooms their new size, at most once per interval; a room
-        back under the limit gets its member list again."""
-        if not self._counts or now < self._next_count:
-            return
-        self._next_count = now + self.settings.count_interval
-        limit = self.settings.presence_limit
-        for room in self._counts:
-            room.count_changed = False
+        """Tell each counting room its new size, at most once per interval; a
+        room back under the limit gets its member list again."""
+        limit, interval = self.settings.presence_limit, self.settings.count_interval
+        for room in [r for r in self._counts if now >= r.count_due]:
+            self._counts.discard(room)
+            room.count_due = now + interval
             if len(room.members) <= limit:
                 room.counting = False
                 event = self._snapshot(room)
@@ -393,16 +439,13 @@ class Chat(Generic[P]):
             else:
                 event = _count_event(room)
             self._emit(room, encode_event(event))
-        self._counts.clear()
 
     def _expire(self, now: float) -> None:
         idle, ttl = self._idle, self.settings.room_ttl
         while idle:
-            name, since = next(iter(idle.items()))
-            if now - since < ttl:
+            if now - next(iter(idle.values())) < ttl:
                 break
-            del idle[name]
-            del self.rooms[name]
+            self._forget_oldest_idle()
 
     # -- batching ------------------------------------------------------------
 
@@ -419,7 +462,7 @@ class Chat(Generic[P]):
 
     def flush(self) -> list[tuple[list[P], str]]:
         """End the tick: every frame to send, each with the peers that get it."""
-        now = self.clock()
+        now = self.timer()
         self._update_counts(now)
         self._expire(now)
         self._stamp += 1
@@ -454,6 +497,7 @@ class Chat(Generic[P]):
                 self._complex(member, joined, groups, frames)
             member.personal = None
             member.skip = None
+            member.replayed = 0
         self._touched.clear()
         for room in active:
             room.pending = []
