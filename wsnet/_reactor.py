@@ -30,7 +30,7 @@ from typing import Protocol
 from wsnet._clock import Timer, Timers, next_tick
 from wsnet._outbox import Outbox
 
-__all__ = ["Channel", "Reactor", "ReactorProtocol"]
+__all__ = ["READ", "WRITE", "Channel", "Reactor", "ReactorProtocol"]
 
 log = logging.getLogger("wsnet")
 
@@ -116,13 +116,21 @@ class Reactor:
 
     # -- listening -----------------------------------------------------------
 
-    def listen(self, host: str, port: int, backlog: int) -> tuple[str, int]:
-        """Bind and listen; raises OSError (EADDRINUSE, ...) to the caller."""
+    def listen(
+        self, host: str, port: int, backlog: int, *, reuse_port: bool = False,
+    ) -> tuple[str, int]:
+        """Bind and listen; raises OSError (EADDRINUSE, ...) to the caller.
+
+        With ``reuse_port``, several processes may listen on the same port and
+        the kernel spreads new connections over them (worker processes).
+        """
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, addr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
             sock.listen(backlog)
         except OSError:
@@ -193,6 +201,19 @@ class Reactor:
                 self._on_accept()
 
         self.call_later(self._accept_backoff, resume)
+
+    # -- other sockets (clients of other services) ----------------------------
+
+    def watch(self, sock: socket.socket, events: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``sock`` is ready for ``events`` (READ,
+        WRITE or both); calling again changes the events."""
+        try:
+            self._sel.modify(sock, events, callback)
+        except KeyError:
+            self._sel.register(sock, events, callback)
+
+    def unwatch(self, sock: socket.socket) -> None:
+        self._unregister_quietly(sock)
 
     # -- channel I/O ---------------------------------------------------------
 

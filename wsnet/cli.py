@@ -164,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an empty room keeps its history (default %(default)g)",
     )
     p.add_argument(
+        "--workers", type=int, default=1,
+        help="reactor processes sharing the port (SO_REUSEPORT) under a supervisor that "
+        "restarts crashed ones; more than 1 needs --redis (default 1)",
+    )
+    p.add_argument(
+        "--redis", metavar="URL",
+        help="chat backplane, e.g. redis://127.0.0.1:6379/0: rooms span every node and "
+        "worker on that Redis (needs the redis extra: pip install 'wsnet[redis]')",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],

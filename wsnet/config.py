@@ -34,6 +34,9 @@ class Config:
     #: Kernel accept queue; bursts of handshakes (benchmarks, reconnect storms)
     #: wait here instead of being refused.
     backlog: int = 1024
+    #: Share the port with other processes (SO_REUSEPORT): worker processes
+    #: each listen and the kernel spreads connections over them.
+    reuse_port: bool = False
 
     #: Fan-out period. Every outbox is flushed once per tick, so a broadcast costs
     #: one send per recipient per tick however many messages it holds. 0 flushes at

@@ -220,7 +220,9 @@ class Server:
         """Bind the listening socket; OSError (e.g. EADDRINUSE) propagates."""
         if self.address is None:
             cfg = self.config
-            self.address = self.reactor.listen(cfg.host, cfg.port, cfg.backlog)
+            self.address = self.reactor.listen(
+                cfg.host, cfg.port, cfg.backlog, reuse_port=cfg.reuse_port,
+            )
             self.handler.on_start(self)
         return self.address
 
