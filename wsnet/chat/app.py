@@ -13,9 +13,10 @@ from functools import cache
 from importlib import resources
 
 from wsnet._http import Request, Response, text_response
+from wsnet.chat.backplane import Backplane
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
-from wsnet.server import Connection, Handler
+from wsnet.server import Connection, Handler, Server
 from wsnet.tokens import TokenError, verify_token
 
 __all__ = ["ChatApp"]
@@ -37,10 +38,22 @@ class ChatApp(Handler):
         clock: Callable[[], float] = time.time,
         secret: bytes | None = None,
         settings: ChatSettings | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
-        self.chat: Chat[Connection] = Chat(settings, clock)
+        self.chat: Chat[Connection] = Chat(settings, clock, backplane=backplane)
+        self.backplane = self.chat.backplane
         self._clock = clock
         self._secret = secret
+        # Ids must be unique across the nodes a room spans.
+        node = getattr(self.backplane, "node", None)
+        self._node = f"{node}-" if self.backplane.remote and node else ""
+
+    def on_start(self, server: Server) -> None:
+        super().on_start(server)
+        self.backplane.start(server.reactor)
+
+    def on_stop(self) -> None:
+        self.backplane.stop()
 
     def on_upgrade(self, request: Request) -> Response | str | None:
         if self._secret is None:
@@ -66,7 +79,7 @@ class ChatApp(Handler):
         name = conn.identity if pinned else hello.name or f"guest-{conn.id}"
         member, welcome = self.chat.connect(
             conn,
-            str(conn.id),
+            f"{self._node}{conn.id}",
             name,
             pinned=pinned,
             room=hello.room,
@@ -108,7 +121,7 @@ class ChatApp(Handler):
         return None
 
     def status(self) -> dict[str, object]:
-        return {"app": "chat", **self.chat.stats()}
+        return {"app": "chat", **self.chat.stats(), **self.backplane.status()}
 
 
 @cache

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
+from wsnet.chat.backplane import Backplane, LocalBackplane
 from wsnet.chat.protocol import (
     ChatError,
     Command,
@@ -87,7 +88,7 @@ class Member(Generic[P]):
     """One connected client as the chat sees it."""
 
     __slots__ = ("peer", "id", "name", "pinned", "default_room", "rooms", "personal", "skip",
-                 "stamp", "replayed")
+                 "stamp", "replayed", "joining", "gone")
 
     def __init__(self, peer: P, ident: str, name: str, pinned: bool) -> None:
         self.peer = peer
@@ -103,6 +104,9 @@ class Member(Generic[P]):
         self.skip: dict[Room, int] | None = None
         self.stamp = 0  # the last flush that built this member's frame
         self.replayed = 0  # history bytes replayed to it this tick
+        #: Joins waiting for a remote room to load (Redis backplane): name -> command.
+        self.joining: dict[str, Join] | None = None
+        self.gone = False  # disconnected: late answers are dropped
 
     def __repr__(self) -> str:
         return f"<Member {self.id} {self.name!r} in {len(self.rooms)} rooms>"
@@ -112,7 +116,7 @@ class Room:
     """Members, the message sequence, history, and the tick's queued events."""
 
     __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
-                 "history_bytes", "counting", "count_due")
+                 "history_bytes", "counting", "count_due", "remote", "loading", "waiting")
 
     def __init__(self, name: str, order: int, epoch: str) -> None:
         self.name = name
@@ -131,6 +135,15 @@ class Room:
         #: Presence is a count, not a member list (more than presence_limit members).
         self.counting = False
         self.count_due = 0.0  # when its members may next hear the count
+        #: Members on other nodes (backplane): id -> name.
+        self.remote: dict[str, str] = {}
+        #: Its state is being fetched from the backplane; ``waiting`` join it then.
+        self.loading = False
+        self.waiting: list[Member[Any]] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.members) + len(self.remote)
 
     @property
     def first_seq(self) -> int:
@@ -154,8 +167,12 @@ class Chat(Generic[P]):
         clock: Callable[[], float] = time.time,
         new_epoch: Callable[[], str] = _new_epoch,
         timer: Callable[[], float] | None = None,
+        backplane: Backplane | None = None,
     ) -> None:
         self.settings = settings or ChatSettings()
+        self.backplane: Backplane = backplane or LocalBackplane()
+        self.backplane.attach(self)
+        self._remote = self.backplane.remote
         #: Wall-clock time, for the ``ts`` of messages only.
         self.clock = clock
         #: Time for intervals and expiry, which must not jump with the wall clock
@@ -220,12 +237,16 @@ class Chat(Generic[P]):
 
     def reply(self, member: Member[P], event: dict[str, Any]) -> None:
         """Queue an event for this member only, in its next tick frame."""
-        self._personal(member).append(encode_event(event))
+        if not member.gone:
+            self._personal(member).append(encode_event(event))
 
     def disconnect(self, member: Member[P]) -> None:
         """The client is gone: it leaves every room, its replies are dropped."""
         for room in list(member.rooms.values()):
             self._remove(member, room)
+        for name in list(member.joining or ()):
+            self._unwait(member, name)
+        member.gone = True
         member.personal = None
         member.skip = None
         self._touched.discard(member)
@@ -239,20 +260,37 @@ class Chat(Generic[P]):
             where = f"join '{name}' first" if name is not None else "join a room first"
             self.reply(member, ChatError("not_in_room", where, name, command.cid).event())
             return
-        event: dict[str, Any] = {
-            "type": "message",
-            "room": room.name,
-            "seq": room.seq + 1,
+        head = {"type": "message", "room": room.name}
+        rest: dict[str, Any] = {
             "from": member.name,
             "from_id": member.id,
             "text": command.text,
             "ts": int(self.clock() * 1000),
         }
         if command.cid is not None:
-            event["cid"] = command.cid
-        encoded = encode_event(event)
+            rest["cid"] = command.cid
+        # The backplane numbers the message: the event is written around its seq.
+        prefix = encode_event(head)[:-1] + ',"seq":'
+        suffix = "," + encode_event(rest)[1:]
+        cid = command.cid
+
+        def failed() -> None:
+            detail = "not sent: the chat backplane is unavailable; try again"
+            self.reply(member, ChatError("unavailable", detail, room.name, cid).event())
+
+        self.backplane.publish(room.name, prefix, suffix, failed)
+
+    def deliver(self, name: str, seq: int, encoded: str) -> None:
+        """A numbered message of a room, from the backplane (or ourselves)."""
+        room = self.rooms.get(name)
+        if room is None or room.loading or seq <= room.seq:
+            return  # not ours, not ready (it is in what loads), or seen already
         data = encoded.encode()  # before seq moves: a failure must not leave a hole
-        room.seq += 1
+        if seq != room.seq + 1:  # a jump: history must stay consecutive
+            self._history_total -= room.history_bytes
+            room.history.clear()
+            room.history_bytes = 0
+        room.seq = seq
         self._remember(room, data)
         self._emit(room, encoded)
 
@@ -261,12 +299,18 @@ class Chat(Generic[P]):
         if name in member.rooms:
             self.reply(member, ChatError("already_joined", f"already in '{name}'", name).event())
             return
+        if member.joining and name in member.joining:
+            self.reply(member, ChatError("already_joined", f"already in '{name}'", name).event())
+            return
         limit = self.settings.max_rooms_per_client
-        if len(member.rooms) >= limit:
+        if len(member.rooms) + len(member.joining or ()) >= limit:
             error = ChatError("too_many_rooms", f"at most {limit} rooms at once", name)
             self.reply(member, error.event())
             return
         existing = self.rooms.get(name)
+        if self._remote and (existing is None or existing.loading):
+            self._wait_for(member, command, existing)
+            return
         replay: list[str] = []
         if command.since is not None and existing is not None:
             replay, size = self._replay(existing, command.since, command.epoch)
@@ -281,18 +325,21 @@ class Chat(Generic[P]):
         room.members[member] = member.peer
         member.rooms[name] = room
         if len(member.rooms) == 2:
-            for joined in member.rooms.values():
-                joined.multi += 1
+            for other in member.rooms.values():
+                other.multi += 1
         elif len(member.rooms) > 2:
             room.multi += 1
+        joined = encode_event(_person("join", room, member))
+        if self._remote:
+            self.backplane.presence(name, member.id, member.name, joined)
         if room.counting:
             self._count_changed(room)
-        elif len(room.members) > self.settings.presence_limit:
+        elif room.size > self.settings.presence_limit:
             room.counting = True
             self._emit(room, encode_event(_count_event(room)))
             room.count_due = self.timer() + self.settings.count_interval
         else:
-            self._emit(room, encode_event(_person("join", room, member)))
+            self._emit(room, joined)
         if room.pending:
             if member.skip is None:
                 member.skip = {}
@@ -304,6 +351,11 @@ class Chat(Generic[P]):
 
     def _leave(self, member: Member[P], name: str) -> None:
         room = member.rooms.get(name)
+        if room is None and member.joining and name in member.joining:
+            self._unwait(member, name)
+            self.reply(member, {"type": "leave", "room": name, "id": member.id,
+                                "name": member.name})
+            return
         if room is None:
             self.reply(member, ChatError("not_in_room", f"not in '{name}'", name).event())
             return
@@ -319,10 +371,13 @@ class Chat(Generic[P]):
             return
         old, member.name = member.name, command.name
         for room in member.rooms.values():
+            event = _person("nick", room, member)
+            event["old"] = old
+            encoded = encode_event(event)
+            if self._remote:
+                self.backplane.presence(room.name, member.id, member.name, encoded)
             if not room.counting:
-                event = _person("nick", room, member)
-                event["old"] = old
-                self._emit(room, encode_event(event))
+                self._emit(room, encoded)
         self.reply(member, {"type": "nick", "id": member.id, "name": member.name, "old": old})
 
     # -- rooms ---------------------------------------------------------------
@@ -347,10 +402,13 @@ class Chat(Generic[P]):
             room.multi -= 1
         if member.skip is not None:
             member.skip.pop(room, None)
+        left = encode_event(_person("leave", room, member))
+        if self._remote:
+            self.backplane.presence(room.name, member.id, None, left)
         if room.counting:
             self._count_changed(room)
         else:
-            self._emit(room, encode_event(_person("leave", room, member)))
+            self._emit(room, left)
         if not room.members:
             self._emptied(room)
 
@@ -358,6 +416,11 @@ class Chat(Generic[P]):
         room.pending.clear()  # nobody to tell; the room may stay listed as active
         room.counting = False
         self._counts.discard(room)
+        if self._remote:  # history lives in the backplane: forget the room here
+            self._history_total -= room.history_bytes
+            del self.rooms[room.name]
+            self.backplane.close_room(room.name)
+            return
         if not room.history:
             del self.rooms[room.name]
             return
@@ -416,10 +479,11 @@ class Chat(Generic[P]):
             "room": room.name,
             "epoch": room.epoch,
             "seq": room.seq,
-            "count": len(room.members),
+            "count": room.size,
         }
         if not room.counting:
             snapshot["members"] = [{"id": m.id, "name": m.name} for m in room.members]
+            snapshot["members"] += [{"id": i, "name": n} for i, n in room.remote.items()]
         return snapshot
 
     def _count_changed(self, room: Room) -> None:
@@ -432,7 +496,7 @@ class Chat(Generic[P]):
         for room in [r for r in self._counts if now >= r.count_due]:
             self._counts.discard(room)
             room.count_due = now + interval
-            if len(room.members) <= limit:
+            if room.size <= limit:
                 room.counting = False
                 event = self._snapshot(room)
                 del event["epoch"], event["seq"]
@@ -446,6 +510,123 @@ class Chat(Generic[P]):
             if now - next(iter(idle.values())) < ttl:
                 break
             self._forget_oldest_idle()
+
+    # -- the backplane's side ----------------------------------------------------
+
+    def _wait_for(self, member: Member[P], command: Join, room: Room | None) -> None:
+        """A join of a room this node does not hold yet: load it, join then."""
+        if room is None:
+            self._rooms_made += 1
+            room = self.rooms[command.room] = Room(command.room, self._rooms_made, "")
+            room.loading = True
+            room.waiting.append(member)
+            if member.joining is None:
+                member.joining = {}
+            member.joining[command.room] = command
+            self.backplane.open_room(command.room)  # may fail at once
+            return
+        room.waiting.append(member)
+        if member.joining is None:
+            member.joining = {}
+        member.joining[command.room] = command
+
+    def _unwait(self, member: Member[P], name: str) -> None:
+        if member.joining is not None:
+            member.joining.pop(name, None)
+        room = self.rooms.get(name)
+        if room is not None and room.loading and member in room.waiting:
+            room.waiting.remove(member)
+
+    def room_loaded(
+        self, name: str, epoch: str, seq: int, history: list[tuple[int, str]],
+        remote: dict[str, str],
+    ) -> None:
+        """The backplane's state of a room: its first load here (the waiting
+        joins go ahead), or a reload after an outage (catch up, or reset)."""
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        if room.loading:
+            room.loading = False
+            room.epoch, room.seq, room.remote = epoch, 0, remote
+            self._load_history(room, history)
+            room.seq = max(room.seq, seq)
+            waiting, room.waiting = room.waiting, []
+            for member in waiting:
+                command = member.joining.pop(name, None) if member.joining else None
+                if command is not None and not member.gone:
+                    self._join(member, command)
+            if not room.members:
+                self._emptied(room)
+            return
+        changed = remote != room.remote
+        room.remote = remote
+        if epoch != room.epoch:  # the backplane lost the room: numbering restarted
+            since = room.seq
+            room.epoch, room.seq = epoch, 0
+            self._history_total -= room.history_bytes
+            room.history.clear()
+            room.history_bytes = 0
+            self._load_history(room, history)
+            room.seq = max(room.seq, seq)
+            gap = {"type": "gap", "room": name, "since": since, "first": room.first_seq,
+                   "reset": True}
+            self._emit(room, encode_event(gap))
+            self._emit(room, encode_event(self._snapshot(room)))
+            return
+        for entry_seq, event in history:  # what was published while we were away
+            self.deliver(name, entry_seq, event)
+        if changed and not room.counting:
+            snapshot = self._snapshot(room)
+            del snapshot["epoch"], snapshot["seq"]
+            self._emit(room, encode_event(snapshot))
+
+    def _load_history(self, room: Room, history: list[tuple[int, str]]) -> None:
+        for entry_seq, event in history:
+            if entry_seq == room.seq + 1 or not room.history:
+                room.seq = entry_seq
+                self._remember(room, event.encode())
+
+    def room_failed(self, name: str) -> None:
+        """The backplane could not load a room: the joins waiting for it fail."""
+        room = self.rooms.get(name)
+        if room is None or not room.loading:
+            return
+        del self.rooms[name]
+        for member in room.waiting:
+            if member.joining is not None:
+                member.joining.pop(name, None)
+            detail = "cannot join now: the chat backplane is unavailable; try again"
+            self.reply(member, ChatError("unavailable", detail, name).event())
+
+    def remote_presence(self, name: str, event: dict[str, Any]) -> None:
+        """A join, leave or rename on another node."""
+        room = self.rooms.get(name)
+        kind, ident = event.get("type"), str(event.get("id"))
+        if room is None or room.loading or not isinstance(event.get("name"), str):
+            return
+        if kind == "join":
+            room.remote[ident] = event["name"]
+        elif kind == "leave":
+            if room.remote.pop(ident, None) is None:
+                return
+        elif kind == "nick" and ident in room.remote:
+            room.remote[ident] = event["name"]
+        else:
+            return
+        if room.counting:
+            if kind != "nick":
+                self._count_changed(room)
+        elif room.size > self.settings.presence_limit:
+            room.counting = True
+            self._emit(room, encode_event(_count_event(room)))
+            room.count_due = self.timer() + self.settings.count_interval
+        else:
+            self._emit(room, encode_event({**event, "room": name}))
+
+    def local_members(self, name: str) -> list[tuple[str, str]]:
+        room = self.rooms.get(name)
+        return [(m.id, m.name) for m in room.members] if room is not None else []
 
     # -- batching ------------------------------------------------------------
 
@@ -547,4 +728,4 @@ def _person(kind: str, room: Room, member: Member[Any]) -> dict[str, Any]:
 
 
 def _count_event(room: Room) -> dict[str, Any]:
-    return {"type": "presence", "room": room.name, "count": len(room.members)}
+    return {"type": "presence", "room": room.name, "count": room.size}
