@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from fake_backplane import FakeBackplane, Hub
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -39,12 +40,16 @@ class RoomView:
     #: A resume asked (before the tick delivered them) for messages it then got:
     #: their replay up to here is what it asked for, not a duplicate.
     asked_again: int = 0
+    #: A gap with reset came while joined: the room's numbering restarted (the
+    #: backplane lost it), and a presence with the new epoch follows.
+    reset_seen: bool = False
 
 
 @dataclass
 class User:
     name: str
     member: Member[str] | None = None
+    node: int = 0
     generation: int = 0
     views: dict[str, RoomView] = field(default_factory=dict)
     messages: dict[str, list[int]] = field(default_factory=dict)
@@ -57,14 +62,18 @@ class User:
         return self.views.setdefault(room, RoomView())
 
 
+SETTINGS = ChatSettings(history=HISTORY, presence_limit=2, room_ttl=30.0, count_interval=1.0)
+
+
 class ChatMachine(RuleBasedStateMachine):
+    """One process: the chat numbers messages and keeps history itself."""
+
+    hub: Hub | None = None
+
     @initialize()
     def start(self) -> None:
         self.now = 1000.0
-        self.chat: Chat[str] = Chat(
-            ChatSettings(history=HISTORY, presence_limit=2, room_ttl=30.0, count_interval=1.0),
-            clock=lambda: self.now,
-        )
+        self.nodes: list[Chat[str]] = [Chat(SETTINGS, clock=lambda: self.now)]
         self.users = {name: User(name) for name in USERS}
         self.by_peer: dict[str, User] = {}
         self.texts = 0
@@ -77,8 +86,12 @@ class ChatMachine(RuleBasedStateMachine):
             if room is None:
                 continue
             view = user.view(room)
-            if kind == "presence" and "epoch" in event:  # a join reply
-                assert not view.joined, f"{user.peer} joined {room} twice"
+            if kind == "presence" and "epoch" in event and view.joined:
+                # After a reset: the room's new epoch, where the gap put us.
+                assert view.reset_seen and event["epoch"] != view.epoch, (user.peer, event)
+                assert view.last == event["seq"], (user.peer, event, view)
+                view.epoch, view.reset_seen = event["epoch"], False
+            elif kind == "presence" and "epoch" in event:  # a join reply
                 view.joined = True
                 since = view.resuming.pop(0)
                 if since is not None and event["epoch"] == view.epoch:
@@ -91,6 +104,7 @@ class ChatMachine(RuleBasedStateMachine):
                 assert view.joined
                 if event.get("reset"):
                     user.messages[room] = []  # a new numbering starts
+                    view.reset_seen = True
                 else:
                     assert event["since"] == view.last, (user.peer, event, view)
                 view.last = event["first"] - 1
@@ -100,6 +114,7 @@ class ChatMachine(RuleBasedStateMachine):
                     raise AssertionError(f"{user.peer}: message before position in {room}")
                 assert event["seq"] == view.last + 1, (user.peer, event, view)
                 view.last = event["seq"]
+                view.reset_seen = False
                 if event["seq"] > view.asked_again:
                     user.messages.setdefault(room, []).append(event["seq"])
             elif kind == "join":
@@ -112,11 +127,13 @@ class ChatMachine(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------
 
-    @rule(name=st.sampled_from(USERS), room=st.sampled_from([*ROOMS, None]))
-    def connect(self, name: str, room: str | None) -> None:
+    @rule(name=st.sampled_from(USERS), room=st.sampled_from([*ROOMS, None]),
+          node=st.integers(0, 1))
+    def connect(self, name: str, room: str | None, node: int) -> None:
         user = self.users[name]
         if user.member is not None:
             return
+        user.node = node % len(self.nodes)
         user.generation += 1
         since = epoch = None
         if room is not None:
@@ -124,7 +141,7 @@ class ChatMachine(RuleBasedStateMachine):
             if view.last is not None:  # come back where we were
                 since, epoch = view.last, view.epoch
             view.resuming.append(since)
-        member, welcome = self.chat.connect(
+        member, welcome = self.nodes[user.node].connect(
             user.peer, user.peer, name, room=room, since=since, epoch=epoch,
         )
         user.member = member
@@ -134,7 +151,7 @@ class ChatMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(USERS), room=st.sampled_from(ROOMS), resume=st.booleans())
     def join(self, name: str, room: str, resume: bool) -> None:
         user = self.users[name]
-        if user.member is None or room in user.member.rooms:
+        if user.member is None or room in user.member.rooms or room in (user.member.joining or {}):
             return
         view = user.view(room)
         command: dict[str, Any] = {"type": "join", "room": room}
@@ -143,15 +160,16 @@ class ChatMachine(RuleBasedStateMachine):
             view.resuming.append(view.last)
         else:
             view.resuming.append(None)
-        self.chat.receive(user.member, json.dumps(command))
+        self.nodes[user.node].receive(user.member, json.dumps(command))
 
     @rule(name=st.sampled_from(USERS), room=st.sampled_from(ROOMS))
     def leave(self, name: str, room: str) -> None:
         user = self.users[name]
         if user.member is None or room not in user.member.rooms:
             return
-        user.view(room).left_at.append(self.chat.rooms[room].seq)
-        self.chat.receive(user.member, json.dumps({"type": "leave", "room": room}))
+        chat = self.nodes[user.node]
+        user.view(room).left_at.append(chat.rooms[room].seq)
+        chat.receive(user.member, json.dumps({"type": "leave", "room": room}))
 
     @rule(name=st.sampled_from(USERS), room=st.sampled_from(ROOMS), count=st.integers(1, 3))
     def send(self, name: str, room: str, count: int) -> None:
@@ -161,14 +179,14 @@ class ChatMachine(RuleBasedStateMachine):
         for _ in range(count):
             self.texts += 1
             command = {"type": "message", "room": room, "text": f"t{self.texts}"}
-            self.chat.receive(user.member, json.dumps(command))
+            self.nodes[user.node].receive(user.member, json.dumps(command))
 
     @rule(name=st.sampled_from(USERS))
     def drop(self, name: str) -> None:
         user = self.users[name]
         if user.member is None:
             return
-        self.chat.disconnect(user.member)
+        self.nodes[user.node].disconnect(user.member)
         user.member = None
         for view in user.views.values():
             view.joined = False
@@ -178,8 +196,11 @@ class ChatMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([0.05, 1.0, 40.0]))
     def tick(self, seconds: float) -> None:
         self.now += seconds
+        if self.hub is not None:
+            self.hub.pump()
         seen: set[str] = set()
-        for peers, frame in self.chat.flush():
+        frames = [item for chat in self.nodes for item in chat.flush()]
+        for peers, frame in frames:
             events = json.loads(frame)
             for peer in peers:
                 assert peer not in seen, f"{peer} got two frames in one tick"
@@ -191,20 +212,25 @@ class ChatMachine(RuleBasedStateMachine):
 
     # -- invariants ----------------------------------------------------------
 
+    def cut_off(self, node: int) -> bool:
+        return False
+
     def check_caught_up(self) -> None:
-        """After a tick, every member has its rooms' every message."""
+        """After a tick, every member has its rooms' every message, and every
+        join it asked for was answered."""
         for user in self.users.values():
-            if user.member is None:
+            if user.member is None or self.cut_off(user.node):
                 continue
+            assert not user.member.joining, (user.peer, user.member.joining)
             for name in user.member.rooms:
                 view = user.view(name)
-                room = self.chat.rooms[name]
+                room = self.nodes[user.node].rooms[name]
                 assert view.joined and view.epoch == room.epoch
                 assert view.last == room.seq, (user.peer, name, view, room.seq)
 
     @invariant()
     def history_is_bounded_and_contiguous(self) -> None:
-        for room in self.chat.rooms.values():
+        for room in (r for chat in self.nodes for r in chat.rooms.values()):
             seqs = [seq for seq, _ in room.history]
             assert len(seqs) <= HISTORY
             assert seqs == list(range(room.seq - len(seqs) + 1, room.seq + 1))
@@ -224,13 +250,65 @@ class ChatMachine(RuleBasedStateMachine):
                 continue
             for name, room in user.member.rooms.items():
                 assert user.member in room.members
-                assert self.chat.rooms.get(name) is room
-        for room in self.chat.rooms.values():
-            assert room.multi == sum(len(m.rooms) > 1 for m in room.members)
-            assert room.history_bytes == sum(len(data) for _, data in room.history)
-        total = sum(room.history_bytes for room in self.chat.rooms.values())
-        assert self.chat._history_total == total
+                assert self.nodes[user.node].rooms.get(name) is room
+        for chat in self.nodes:
+            for room in chat.rooms.values():
+                assert room.multi == sum(len(m.rooms) > 1 for m in room.members)
+                assert room.history_bytes == sum(len(data) for _, data in room.history)
+            total = sum(room.history_bytes for room in chat.rooms.values())
+            assert chat._history_total == total
+
+
+class TwoNodeChatMachine(ChatMachine):
+    """Two nodes sharing rooms through a backplane that answers late (as Redis
+    does), which can also lose everything and make the nodes reload."""
+
+    @initialize()
+    def start(self) -> None:
+        super().start()
+        self.hub = Hub(HISTORY)
+        self.backplanes = [FakeBackplane(self.hub, f"n{i}") for i in range(2)]
+        self.nodes = [
+            Chat(SETTINGS, clock=lambda: self.now, backplane=backplane)
+            for backplane in self.backplanes
+        ]
+
+    @rule()
+    def backplane_restart(self) -> None:
+        assert self.hub is not None
+        for backplane in self.backplanes:
+            backplane.detached = False
+        self.hub.restart(self.backplanes)
+
+    @rule(node=st.integers(0, 1))
+    def node_loses_its_links(self, node: int) -> None:
+        self.backplanes[node].detach()
+
+    @rule(node=st.integers(0, 1))
+    def node_gets_them_back(self, node: int) -> None:
+        if self.backplanes[node].detached:
+            self.backplanes[node].attach_again()
+
+    def cut_off(self, node: int) -> bool:
+        return self.backplanes[node].detached
+
+    @invariant()
+    def nodes_agree_with_the_backplane(self) -> None:
+        assert self.hub is not None
+        if self.hub.queue:
+            return
+        for index, chat in enumerate(self.nodes):
+            if self.cut_off(index):
+                continue
+            for name, room in chat.rooms.items():
+                if not room.loading:
+                    state = self.hub.rooms[name]
+                    assert (room.epoch, room.seq) == (state.epoch, state.seq)
 
 
 ChatMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TwoNodeChatMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=60, deadline=None,
+)
 test_chat_state_machine = ChatMachine.TestCase
+test_two_nodes_state_machine = TwoNodeChatMachine.TestCase

@@ -574,7 +574,17 @@ class Chat(Generic[P]):
             self._emit(room, encode_event(gap))
             self._emit(room, encode_event(self._snapshot(room)))
             return
-        for entry_seq, event in history:  # what was published while we were away
+        # What was published while we were away: all of it, or a gap first if
+        # the backplane's history no longer reaches back to where we were.
+        first = history[0][0] if history else seq + 1
+        if first > room.seq + 1:
+            gap = {"type": "gap", "room": name, "since": room.seq, "first": first}
+            self._emit(room, encode_event(gap))
+            self._history_total -= room.history_bytes
+            room.history.clear()
+            room.history_bytes = 0
+            room.seq = first - 1
+        for entry_seq, event in history:
             self.deliver(name, entry_seq, event)
         if changed and not room.counting:
             snapshot = self._snapshot(room)

@@ -1,0 +1,160 @@
+"""A stand-in for Redis and the Redis backplane, for sans-I/O tests of rooms that
+span nodes: several ``Chat`` objects share one ``Hub``.
+
+Like the real backplane, a node's requests (publish, open a room, presence) are
+carried out later, in the order they were made, when the test calls
+``Hub.pump()``; deliveries reach subscribed nodes in publish order. The hub can
+lose everything (a Redis restart without persistence), after which nodes reload
+their rooms, as the real one does on reconnection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsnet.chat.rooms import Chat
+
+
+@dataclass
+class HubRoom:
+    epoch: str
+    seq: int = 0
+    history: list[tuple[int, str]] = field(default_factory=list)
+    members: dict[str, str] = field(default_factory=dict)  # "node|id" -> name
+    subscribers: set[FakeBackplane] = field(default_factory=set)
+
+
+class Hub:
+    def __init__(self, history: int) -> None:
+        self.history = history
+        self.rooms: dict[str, HubRoom] = {}
+        self.queue: list[Callable[[], None]] = []
+        self.down = False
+        self._epochs = (f"h{i}" for i in itertools.count(1))
+
+    def room(self, name: str) -> HubRoom:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = HubRoom(next(self._epochs))
+        return room
+
+    def pump(self) -> None:
+        while self.queue:
+            self.queue.pop(0)()
+
+    def restart(self, nodes: list[FakeBackplane]) -> None:
+        """Everything is lost; every node re-registers and reloads its rooms."""
+        self.pump()
+        subscribers = {name: room.subscribers for name, room in self.rooms.items()}
+        self.rooms.clear()
+        for name, subs in subscribers.items():
+            self.room(name).subscribers = subs
+        for node in nodes:
+            node.reconnected()
+        self.pump()
+
+
+class FakeBackplane:
+    remote = True
+
+    def __init__(self, hub: Hub, node: str) -> None:
+        self.hub = hub
+        self.node = node
+        self.open: set[str] = set()
+        self.detached = False  # its links are down: it hears and says nothing
+
+    def attach(self, chat: Chat[Any]) -> None:
+        self.chat = chat
+
+    def start(self, reactor: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def status(self) -> dict[str, object]:
+        return {"backplane": "fake"}
+
+    def publish(self, room: str, prefix: str, suffix: str, failed: Callable[[], None]) -> None:
+        if self.detached:
+            failed()
+            return
+
+        def run() -> None:
+            state = self.hub.room(room)
+            state.seq += 1
+            event = f"{prefix}{state.seq}{suffix}"
+            state.history = [*state.history, (state.seq, event)][-self.hub.history:]
+            for node in list(state.subscribers):
+                node.chat.deliver(room, state.seq, event)
+
+        self.hub.queue.append(run)
+
+    def open_room(self, room: str) -> None:
+        if self.detached:
+            self.chat.room_failed(room)
+            return
+        self.open.add(room)
+
+        def run() -> None:
+            if room not in self.open:
+                return
+            self._load(room)
+
+        self.hub.queue.append(run)
+
+    def _load(self, room: str) -> None:
+        state = self.hub.room(room)
+        state.subscribers.add(self)
+        mine = self.node + "|"
+        remote = {
+            f.partition("|")[2]: n for f, n in state.members.items() if not f.startswith(mine)
+        }
+        self.chat.room_loaded(room, state.epoch, state.seq, list(state.history), remote)
+
+    def close_room(self, room: str) -> None:
+        self.open.discard(room)
+        if room in self.hub.rooms:
+            self.hub.rooms[room].subscribers.discard(self)
+
+    def presence(self, room: str, member_id: str, name: str | None, event: str) -> None:
+        if self.detached:
+            return  # registered again on reconnection
+
+        def run() -> None:
+            state = self.hub.room(room)
+            key = f"{self.node}|{member_id}"
+            if name is None:
+                state.members.pop(key, None)
+            else:
+                state.members[key] = name
+            if event:
+                for node in list(state.subscribers):
+                    if node is not self:
+                        node.chat.remote_presence(room, json.loads(event))
+
+        self.hub.queue.append(run)
+
+    def detach(self) -> None:
+        """Its links drop: deliveries to it are lost from now on."""
+        self.hub.pump()
+        self.detached = True
+        for state in self.hub.rooms.values():
+            state.subscribers.discard(self)
+
+    def attach_again(self) -> None:
+        self.detached = False
+        self.reconnected()
+
+    def reconnected(self) -> None:
+        """As after an outage: members registered again, rooms reloaded."""
+        for room in self.open:
+            for member_id, name in self.chat.local_members(room):
+                event = {"type": "join", "room": room, "id": member_id, "name": name}
+                self.presence(room, member_id, name, json.dumps(event))
+        for room in list(self.open):
+            self.hub.queue.append(lambda room=room: self._load(room))
