@@ -14,6 +14,7 @@ import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from wsnet.chat.rooms import Chat
@@ -157,4 +158,4 @@ class FakeBackplane:
                 event = {"type": "join", "room": room, "id": member_id, "name": name}
                 self.presence(room, member_id, name, json.dumps(event))
         for room in list(self.open):
-            self.hub.queue.append(lambda room=room: self._load(room))
+            self.hub.queue.append(partial(self._load, room))
