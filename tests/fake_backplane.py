@@ -80,6 +80,9 @@ class FakeBackplane:
     def status(self) -> dict[str, object]:
         return {"backplane": "fake"}
 
+    def metrics(self) -> list[Any]:
+        return []
+
     def publish(self, room: str, prefix: str, suffix: str, failed: Callable[[], None]) -> None:
         if self.detached:
             failed()

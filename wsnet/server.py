@@ -27,6 +27,7 @@ from wsnet._clock import Timer
 from wsnet._frames import Outgoing
 from wsnet._http import Request, Response, json_response, render_response, text_response
 from wsnet._limits import TokenBucket
+from wsnet._metrics import CONTENT_TYPE, Metric, ServerMetrics, close_code_label, render
 from wsnet._reactor import Channel, Reactor
 from wsnet._session import Session
 from wsnet._upgrade import Accept, HttpReader, decide_upgrade, is_upgrade
@@ -155,6 +156,10 @@ class Handler:
         """The server is listening."""
         self.server = server
 
+    def on_stop(self) -> None:
+        """The server stopped serving (every client is gone); release what
+        ``on_start`` acquired."""
+
     def on_upgrade(self, request: Request) -> Any:
         """Accept or refuse an upgrade that passed the protocol checks.
 
@@ -181,12 +186,17 @@ class Handler:
 
     def on_http(self, request: Request) -> Response | None:
         """Answer a plain (non-upgrade) GET or HEAD; None falls through to the
-        built-in routes (``/healthz``, then 404)."""
+        built-in routes (``/healthz``, ``/metrics``, then 404)."""
         return None
 
     def status(self) -> dict[str, object]:
         """Extra fields for ``/healthz``."""
         return {}
+
+    def metrics(self) -> list[Metric]:
+        """Extra metric families for ``/metrics``, rendered after the server's
+        own (``wsnet._metrics``: Counter, Gauge, Histogram). Called per scrape."""
+        return []
 
 
 class Server:
@@ -211,6 +221,7 @@ class Server:
         self._limit = self.config.connection_limit
         self._over_limit: list[Connection] = []
         self._started = time.monotonic()
+        self._metrics = ServerMetrics()
         self._stopping = False
         self._forced = False
 
@@ -246,6 +257,7 @@ class Server:
         finally:
             for conn in list(self._conns):
                 self._drop(conn)
+            self._call_app(None, self.handler.on_stop)
             self.reactor.close_all()
 
     def stop(self) -> None:
@@ -280,6 +292,10 @@ class Server:
             box.append(frame)
             queued += 1
             mark_dirty(conn)
+        metrics = self._metrics
+        metrics.deliveries.value += queued
+        metrics.broadcasts.value += 1
+        metrics.broadcast_recipients.observe(queued)
         return queued
 
     def statistics(self) -> dict[str, object]:
@@ -292,6 +308,7 @@ class Server:
     # -- reactor protocol ----------------------------------------------------
 
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None:
+        self._metrics.sockets_accepted.value += 1
         per_ip = self.config.max_connections_per_ip
         ip = peer[0]
         sockets = self._sockets_per_ip.get(ip, 0)
@@ -362,7 +379,7 @@ class Server:
             allowed_origins=cfg.allowed_origins,
         )
         if isinstance(decision, Response):
-            self._respond(conn, decision, request)
+            self._refuse(conn, decision, request)
             return
         try:
             verdict = self.handler.on_upgrade(request)
@@ -370,10 +387,14 @@ class Server:
             log.exception("application error in on_upgrade")
             verdict = text_response(500, "internal server error")
         if isinstance(verdict, Response):
-            self._respond(conn, verdict, request)
+            self._refuse(conn, verdict, request)
         else:
             conn.identity = verdict
             self._upgrade(conn, request, decision)
+
+    def _refuse(self, conn: Connection, response: Response, request: Request) -> None:
+        self._metrics.upgrades_refused.labels(response.status).value += 1
+        self._respond(conn, response, request)
 
     def _plain(self, request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
@@ -392,6 +413,8 @@ class Server:
                 log.exception("application error in status")
                 return text_response(500, "internal server error")
             return json_response(200, {**self.statistics(), **extra})
+        if request.path == "/metrics":
+            return self._metrics_response()
         if request.path in self.config.ws_paths:
             return text_response(
                 426,
@@ -400,6 +423,22 @@ class Server:
                 ("Sec-WebSocket-Version", "13"),
             )
         return text_response(404, "not found")
+
+    def _metrics_response(self) -> Response:
+        """The Prometheus exposition: the server's families, then the
+        application's. A failing ``Handler.metrics`` is logged and leaves out
+        only the application's part, so the server's numbers stay visible."""
+        metrics = self._metrics
+        metrics.connections.value = self._open
+        metrics.outbox_bytes.value = sum(conn.outbox.nbytes for conn in self._conns)
+        metrics.uptime.value = round(time.monotonic() - self._started, 3)
+        families = metrics.families()
+        try:
+            body = render([*families, *self.handler.metrics()])
+        except Exception:
+            log.exception("application error in metrics")
+            body = render(families)
+        return Response(200, body, content_type=CONTENT_TYPE)
 
     def _respond(
         self, conn: Connection, response: Response, request: Request | None = None,
@@ -450,9 +489,11 @@ class Server:
         assert session is not None
         on_message = self.handler.on_message
         bucket = conn.bucket
+        received = self._metrics.messages_received
         for message in session.feed(data):
             if conn.phase is not OPEN:
                 continue
+            received.value += 1
             if bucket is not None and not self._admit(conn, bucket):
                 continue
             self._call_app(conn, on_message, conn, message)
@@ -462,6 +503,7 @@ class Server:
         cfg = self.config
         if bucket.take(self.reactor.clock(), cfg.rate_limit, cfg.rate_burst):
             return True
+        self._metrics.rate_limited.value += 1
         if bucket.strikes == 1:
             self._call_app(conn, self.handler.on_rate_limited, conn)
         if bucket.strikes >= cfg.rate_limit_close_after and conn.phase is OPEN:
@@ -491,6 +533,7 @@ class Server:
         assert session is not None and session.close_code is not None
         conn.phase = CLOSING
         self._open -= 1
+        self._metrics.closes.labels(close_code_label(session.close_code)).value += 1
         _release(self._per_ip, conn.peer[0])
         self._arm(conn, self.config.close_timeout, self._drop)
         self._call_app(None, self.handler.on_close, conn, session.close_code, session.close_reason)
@@ -502,7 +545,9 @@ class Server:
         if conn.outbox.nbytes > self.config.outbox_limit:
             self._flag_slow(conn)
             return False
-        session.send(message)
+        if not session.send(message):
+            return False
+        self._metrics.deliveries.value += 1
         self.reactor.mark_dirty(conn)
         return True
 
@@ -525,6 +570,7 @@ class Server:
         if conn.phase is not OPEN or session is None:
             return
         log.info("closing slow consumer %s (%d bytes queued)", conn.peer, conn.outbox.nbytes)
+        self._metrics.slow_consumer_closes.value += 1
         conn.outbox.discard()
         session.fail(1008, "slow consumer")
         self._after_websocket(conn)
@@ -564,6 +610,7 @@ class Server:
         cfg = self.config
         if not session.pong_seen:
             log.info("closing %s: no pong within %.1f s", conn.peer, cfg.ping_timeout)
+            self._metrics.keepalive_timeouts.value += 1
             session.fail(1011, "keepalive ping timeout")
             self._after_websocket(conn)
             return

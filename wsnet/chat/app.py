@@ -13,6 +13,7 @@ from functools import cache
 from importlib import resources
 
 from wsnet._http import Request, Response, text_response
+from wsnet._metrics import Gauge, Metric
 from wsnet.chat.backplane import Backplane
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
@@ -122,6 +123,14 @@ class ChatApp(Handler):
 
     def status(self) -> dict[str, object]:
         return {"app": "chat", **self.chat.stats(), **self.backplane.status()}
+
+    def metrics(self) -> list[Metric]:
+        stats = self.chat.stats()
+        rooms = Gauge("wsnet_chat_rooms", "Chat rooms with members on this node.")
+        rooms.set(stats["rooms"])
+        history = Gauge("wsnet_chat_history_messages", "Messages held for replay here.")
+        history.set(stats["history_messages"])
+        return [rooms, history, *self.backplane.metrics()]
 
 
 @cache

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from wsnet._metrics import Counter, Gauge, Histogram, Metric
 from wsnet._redis import RedisAddress, RedisError, RedisLink
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Backplane(Protocol):
     def close_room(self, room: str) -> None: ...
     def presence(self, room: str, member_id: str, name: str | None, event: str) -> None: ...
     def status(self) -> dict[str, object]: ...
+    def metrics(self) -> list[Metric]: ...
 
 
 class LocalBackplane:
@@ -90,6 +92,9 @@ class LocalBackplane:
 
     def status(self) -> dict[str, object]:
         return {"backplane": "local"}
+
+    def metrics(self) -> list[Metric]:
+        return []
 
 
 # KEYS: seq, log, channel, epoch. ARGV: prefix, suffix, history, new epoch, ttl.
@@ -172,9 +177,18 @@ class RedisBackplane:
         self.node_ttl = node_ttl
         self.history_ttl = max(1, int(history_ttl))
         self.prefix = prefix
-        self.published = 0
-        self.publish_errors = 0
-        self.publish_seconds = 0.0  # total, for the mean latency
+        self.publish_errors = Counter(
+            "wsnet_backplane_publish_errors_total",
+            "Messages refused because Redis could not take them (clients got 'unavailable').",
+        )
+        self.publish_latency = Histogram(
+            "wsnet_backplane_publish_seconds",
+            "Time from a message's publish to Redis's reply.",
+            (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.state_changes = Counter(
+            "wsnet_backplane_down_total", "Times the Redis links went down.",
+        )
         self._open: set[str] = set()  # rooms with local members, as Chat asked
         self._subscribed: set[str] = set()  # confirmed by the subscriber link
         self._loading: dict[str, list[tuple[int, str]]] = {}  # room -> pushes meanwhile
@@ -217,6 +231,13 @@ class RedisBackplane:
     def up(self) -> bool:
         return self.commands.up and self.pubsub.up
 
+    def metrics(self) -> list[Metric]:
+        up = Gauge("wsnet_backplane_up", "1 while both Redis links are connected.")
+        up.set(1 if self.up else 0)
+        rooms = Gauge("wsnet_backplane_rooms", "Rooms this node is subscribed to.")
+        rooms.set(len(self._open))
+        return [up, rooms, self.publish_latency, self.publish_errors, self.state_changes]
+
     def status(self) -> dict[str, object]:
         return {
             "backplane": "redis",
@@ -252,19 +273,18 @@ class RedisBackplane:
 
         def done(reply: Any) -> None:
             if isinstance(reply, RedisError):
-                self.publish_errors += 1
+                self.publish_errors.inc()
                 log.debug("publish to %s failed: %s", room, reply)
                 failed()
             else:
-                self.published += 1
-                self.publish_seconds += time.monotonic() - started
+                self.publish_latency.observe(time.monotonic() - started)
 
         keys = [self._key(room, "seq"), self._key(room, "log"), self._channel(room),
                 self._key(room, "epoch")]
         args: list[str | int] = [prefix, suffix, self.chat.settings.history, _new_epoch(),
                                  self.history_ttl]
         if not self._run(_PUBLISH, keys, args, done):
-            self.publish_errors += 1
+            self.publish_errors.inc()
             failed()
 
     def _push(self, reply: Any) -> None:
@@ -377,6 +397,7 @@ class RedisBackplane:
 
     def _link_down(self, reason: str) -> None:
         if self._announced:  # one line per outage, whichever link noticed first
+            self.state_changes.inc()
             log.warning("redis backplane: down (%s); clients stay connected, messages are "
                         "refused", reason)
             self._announced = False
