@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean bench bench-quick browser
+.PHONY: run test lint typecheck unit clean bench bench-quick browser redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv \
@@ -43,7 +43,13 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-unit: $(VENV)/.test browser
+# Tests of the Redis backplane and of --workers start their own redis-server (a
+# throwaway one per test, on a free port, nothing written to disk).
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+unit: $(VENV)/.test browser redis
 	$(BIN)/python -m pytest -q
 
 ## make bench [ARGS="--servers wsnet,websockets --scenarios idle"]: the full benchmark

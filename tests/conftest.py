@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import struct
@@ -594,3 +595,137 @@ def raw_client() -> Iterator[RawClientFactory]:
     yield factory
     for client in opened:
         client.close()
+
+
+# ----------------------------------------------------------------------------
+# A real Redis: redis-server on a free port, per test
+# ----------------------------------------------------------------------------
+
+REDIS_DEADLINE = 10.0
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel's pick, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    """Does a Redis on 127.0.0.1:port answer PING with +PONG (raw RESP)?"""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+    except OSError:
+        return False
+    return reply.startswith(b"+PONG\r\n")
+
+
+class RedisServer:
+    """A ``redis-server`` subprocess on 127.0.0.1: no persistence, its log in
+    ``log_path``. ``stop``/``kill`` and ``start`` again (same port) make an outage."""
+
+    def __init__(self, executable: str, workdir: Path, port: int) -> None:
+        self.executable = executable
+        self.workdir = workdir
+        self.port = port
+        self.log_path = workdir / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, deadline: float = REDIS_DEADLINE) -> None:
+        """Start (again) on ``self.port``; return once it answers PING."""
+        assert not self.alive(), "redis-server is already running"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.executable,
+                    "--port", str(self.port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                    "--dir", str(self.workdir),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        end = time.monotonic() + deadline
+        while not redis_ping(self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode} on port "
+                    f"{self.port}:\n{self.log_text()[-2000:]}",
+                )
+            if time.monotonic() > end:
+                self.kill()
+                raise AssertionError(f"redis-server did not answer PING within {deadline} s")
+            time.sleep(0.02)
+
+    def stop(self, deadline: float = STOP_DEADLINE) -> None:
+        """SIGTERM and wait (SIGKILL past the deadline)."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=deadline)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=deadline)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the abrupt outage."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=STOP_DEADLINE)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` for this test (``.url``, ``.port``, ``.stop()``,
+    ``.start()``, ``.kill()``); stopped at teardown. Missing redis-server fails the
+    test: ``make unit`` installs it."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.fail("redis-server is not installed: run `make unit` (as root), which "
+                    "installs Debian's redis-server", pytrace=False)
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    server: RedisServer | None = None
+    for _attempt in range(3):  # the free port may be taken before redis binds it
+        server = RedisServer(executable, workdir, free_port())
+        try:
+            server.start()
+        except RuntimeError:
+            continue
+        break
+    else:
+        assert server is not None
+        pytest.fail(f"redis-server did not start:\n{server.log_text()[-2000:]}")
+    try:
+        yield server
+    finally:
+        server.stop()

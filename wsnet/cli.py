@@ -12,12 +12,15 @@ import time
 from collections.abc import Sequence
 from typing import ClassVar
 
+from wsnet._redis import redis_available
 from wsnet.chat import ChatApp, ChatSettings, valid_name
+from wsnet.chat.backplane import RedisBackplane
 from wsnet.chat.protocol import NAME_RULE
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
 from wsnet.tokens import make_token
+from wsnet.workers import NEEDS_REDIS, Supervisor, stop_with_parent
 
 __all__ = ["main", "build_parser"]
 
@@ -174,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         "worker on that Redis (needs the redis extra: pip install 'wsnet[redis]')",
     )
     p.add_argument(
+        "--node-ttl", type=float, default=10.0,
+        help="with --redis: seconds after which a silent node's members are removed "
+        "from presence (default %(default)g)",
+    )
+    # Internal: how the supervisor of --workers starts each worker (listen with
+    # SO_REUSEPORT, stop when the supervisor with this pid is gone).
+    p.add_argument("--as-worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -203,15 +214,16 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
     fields.update({k: v for k, v in options.items() if v is not None})
     if args.no_deflate:
         fields["deflate"] = False
+    if getattr(args, "as_worker_of", None) is not None:
+        fields["reuse_port"] = True  # a worker of --workers N: the port is shared
     return Config(**fields)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    _check_workers(parser, args)
+    _setup_logging(args)
     try:
         secret = _read_secret(args.auth_secret_file)
     except (OSError, ValueError) as exc:
@@ -237,21 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args, app_class)
     except ValueError as exc:
         parser.error(str(exc))
-    if app_class is ChatApp:
-        try:
-            settings = ChatSettings(
-                history=args.history,
-                history_bytes=args.history_bytes,
-                history_total_bytes=args.history_total_bytes,
-                max_rooms_per_client=args.max_rooms_per_client,
-                presence_limit=args.presence_limit,
-                room_ttl=args.room_ttl,
-            )
-        except ValueError as exc:
-            parser.error(str(exc))
-        app: Handler = ChatApp(secret=secret, settings=settings)
-    else:
-        app = app_class()
+    app = _chat_app(parser, args, secret) if app_class is ChatApp else app_class()
     try:
         server = Server(app, config)
     except (OSError, ssl.SSLError) as exc:
@@ -259,13 +257,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         print(f"wsnet: cannot load the TLS certificate or key ({files}): {detail}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        # Everything is checked (options, TLS files): the workers do the serving.
+        return _supervise(list(sys.argv[1:] if argv is None else argv), args.workers, config)
     try:
         server.listen()
     except OSError as exc:
-        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
-        print(f"wsnet: cannot listen on {config.host}:{config.port}: {why}", file=sys.stderr)
+        _cannot_listen(config, exc)
         return 2
+    if args.as_worker_of is not None:
+        stop_with_parent(args.as_worker_of, server.stop)
     print(f"wsnet {args.app} listening on {server.url}", flush=True)
     server.serve_forever()
     logging.getLogger("wsnet").info("stopped")
     return 0
+
+
+def _chat_app(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, secret: bytes | None,
+) -> ChatApp:
+    try:
+        settings = ChatSettings(
+            history=args.history,
+            history_bytes=args.history_bytes,
+            history_total_bytes=args.history_total_bytes,
+            max_rooms_per_client=args.max_rooms_per_client,
+            presence_limit=args.presence_limit,
+            room_ttl=args.room_ttl,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    backplane = None
+    if args.redis:
+        if not redis_available():
+            parser.error("--redis needs hiredis: pip install 'wsnet[redis]'")
+        try:
+            backplane = RedisBackplane(
+                args.redis, node_ttl=args.node_ttl, history_ttl=max(args.room_ttl, 86400),
+            )
+        except ValueError as exc:
+            parser.error(f"--redis: {exc}")
+    return ChatApp(secret=secret, settings=settings, backplane=backplane)
+
+
+def _check_workers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.workers > 1 and not args.redis:
+        parser.error(NEEDS_REDIS)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler()
+    # Workers share the supervisor's standard error: their lines carry their pid.
+    name = "%(name)s[%(process)d]" if args.as_worker_of is not None else "%(name)s"
+    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+
+
+def _supervise(options: list[str], workers: int, config: Config) -> int:
+    """``--workers N``: run N worker processes (see ``wsnet.workers``)."""
+    supervisor = Supervisor(
+        options, workers, config.host, config.port, grace=config.shutdown_grace,
+    )
+    try:
+        supervisor.reserve()
+    except OSError as exc:
+        _cannot_listen(config, exc)
+        return 2
+    return supervisor.run()
+
+
+def _cannot_listen(config: Config, exc: OSError) -> None:
+    why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc
+    print(f"wsnet: cannot listen on {config.host}:{config.port}: {why}", file=sys.stderr)

@@ -1,0 +1,450 @@
+"""``--workers N``: N reactor processes sharing one port, under a small supervisor.
+
+Each worker is a whole ``python -m wsnet`` of its own (the same options, plus
+``--workers 1``, the port and the hidden ``--as-worker-of PID``), listening with
+``SO_REUSEPORT`` so that the kernel spreads new connections over them. Rooms span
+workers through the Redis backplane, which is why more than one worker needs
+``--redis``.
+
+The supervisor is one thread and one ``selectors`` loop, like the workers:
+
+- it binds the port first (``SO_REUSEPORT``, never listening), so that ``--port 0``
+  picks one port for all, and the port stays reserved while workers restart: no
+  other program can take it even when every worker is down at once;
+- it waits for every worker's listening line, then prints one line of its own;
+  later lines from workers are read and dropped (logged at debug level), so its
+  standard output holds only that line. Workers share its standard error;
+- a worker that exits on its own is restarted, after 0.5 s doubling to 10 s if it
+  keeps dying (back to 0.5 s once it has run 30 s);
+- SIGTERM or SIGINT is forwarded to every worker, which drains its clients (close
+  1001) within the shutdown grace; a worker still running after the grace plus a
+  few seconds is killed; the supervisor then exits 0;
+- a worker whose supervisor dies stops too: Linux delivers SIGTERM to it
+  (``PR_SET_PDEATHSIG``); elsewhere a thread notices the new parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+__all__ = [
+    "Supervisor",
+    "reserve_port",
+    "worker_command",
+    "describe_exit",
+    "stop_with_parent",
+    "NEEDS_REDIS",
+]
+
+log = logging.getLogger("wsnet.workers")
+
+NEEDS_REDIS = "--workers N > 1 needs --redis: rooms must span workers"
+
+#: Restart delays of a worker that keeps dying: 0.5 s, 1 s, 2 s, ... at most 10 s,
+#: and back to the first once a worker has run ``STABLE_AFTER`` seconds.
+RESTART_DELAY_MIN = 0.5
+RESTART_DELAY_MAX = 10.0
+STABLE_AFTER = 30.0
+#: How long every worker of a fresh start has to print its listening line
+#: (interpreter start-up and imports, even on a loaded machine).
+STARTUP_DEADLINE = 30.0
+#: After the shutdown grace, how long a worker has left before SIGKILL.
+KILL_AFTER_GRACE = 3.0
+#: How often a worker without PR_SET_PDEATHSIG checks that its parent lives.
+PARENT_POLL_INTERVAL = 1.0
+
+_PR_SET_PDEATHSIG = 1
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening.
+
+    It never accepts anything (only listening sockets receive connections), but
+    it keeps the port: ``--port 0`` resolves once, and other programs cannot bind
+    it while workers restart. Raises OSError (EADDRINUSE, ...) like ``listen``.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # SO_REUSEPORT alone (no SO_REUSEADDR): workers share the port, since they
+        # set SO_REUSEPORT too, while a SO_REUSEADDR binder elsewhere cannot.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def worker_command(argv: Sequence[str], port: int, supervisor_pid: int) -> list[str]:
+    """The command line of one worker: the supervisor's options, then overrides
+    (argparse keeps the last value of an option given twice)."""
+    return [
+        sys.executable, "-m", "wsnet", *argv,
+        "--workers", "1", "--port", str(port), "--as-worker-of", str(supervisor_pid),
+    ]
+
+
+def describe_exit(returncode: int) -> str:
+    """``status 1`` or ``signal SIGKILL``, from a Popen return code."""
+    if returncode >= 0:
+        return f"status {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = str(-returncode)
+    return f"signal {name}"
+
+
+class Worker:
+    """One worker slot: its current process (if any) and its restart schedule."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.announced = ""  # the listening line of the current process
+        self.pending = b""  # stdout bytes not yet ending in a newline
+        self.delay = RESTART_DELAY_MIN
+        self.restart_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return -1 if self.process is None else self.process.pid
+
+
+@dataclass
+class _SavedSignals:
+    handlers: dict[signal.Signals, Any]
+    wakeup_fd: int
+
+
+class Supervisor:
+    """Runs ``count`` workers on one port until SIGTERM or SIGINT.
+
+    ``argv`` are the command-line options the workers get (before the overrides
+    of ``worker_command``). Call ``reserve()`` first (it raises OSError when the
+    port cannot be had), then ``run()``, which returns the exit status.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        count: int,
+        host: str,
+        port: int,
+        *,
+        grace: float,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        self.argv = list(argv)
+        self.host = host
+        self.port = port
+        self.grace = grace
+        self.workers = [Worker(i + 1) for i in range(count)]
+        self._out = out or (lambda line: print(line, flush=True))
+        self._reserved: socket.socket | None = None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop_signal: int | None = None
+
+    # -- public --------------------------------------------------------------
+
+    def reserve(self) -> int:
+        """Bind the port every worker will share; returns it."""
+        if self._reserved is None:
+            self._reserved = reserve_port(self.host, self.port)
+            self.port = self._reserved.getsockname()[1]
+        return self.port
+
+    def run(self) -> int:
+        """Start the workers, keep them running, stop them on a signal."""
+        self.reserve()
+        saved = self._install_signal_handlers()
+        try:
+            for worker in self.workers:
+                self._spawn(worker, restarted=False)
+            status = self._start_up()
+            if status is None:
+                self._out(self.workers[0].announced)
+                self._supervise()
+                status = 0
+            self._shut_down()
+            return status
+        finally:
+            self._kill_all()  # only if something above raised
+            self._restore_signal_handlers(saved)
+            self._sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            if self._reserved is not None:
+                self._reserved.close()
+
+    # -- signals -------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> _SavedSignals:
+        """SIGTERM/SIGINT ask to stop; SIGCHLD only wakes the loop (through the
+        wakeup fd, like every handled signal)."""
+        handlers: dict[signal.Signals, Any] = {}
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self._stop_signal = signum
+
+        def child(_signum: int, _frame: FrameType | None) -> None:
+            pass
+
+        for sig, handler in (
+            (signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGCHLD, child),
+        ):
+            handlers[sig] = signal.signal(sig, handler)
+        wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        return _SavedSignals(handlers, wakeup)
+
+    def _restore_signal_handlers(self, saved: _SavedSignals) -> None:
+        signal.set_wakeup_fd(saved.wakeup_fd)
+        for sig, handler in saved.handlers.items():
+            # None: a handler not installed from Python, which cannot be put back.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    # -- processes -----------------------------------------------------------
+
+    def _spawn(self, worker: Worker, *, restarted: bool) -> None:
+        worker.restart_at = None
+        worker.announced = ""
+        worker.pending = b""
+        try:
+            process = subprocess.Popen(
+                worker_command(self.argv, self.port, os.getpid()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                # stderr: inherited, so worker logs go where the supervisor's go.
+            )
+        except OSError as exc:
+            log.error("worker %d could not be started: %s", worker.index, exc)
+            self._schedule_restart(worker, time.monotonic())
+            return
+        worker.process = process
+        worker.started_at = time.monotonic()
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+        self._sel.register(process.stdout, selectors.EVENT_READ, worker)
+        verb = "restarted" if restarted else "started"
+        log.info("worker %d %s (pid %d)", worker.index, verb, process.pid)
+
+    def _schedule_restart(self, worker: Worker, now: float) -> float:
+        if worker.started_at and now - worker.started_at >= STABLE_AFTER:
+            worker.delay = RESTART_DELAY_MIN
+        delay = worker.delay
+        worker.restart_at = now + delay
+        worker.delay = min(delay * 2, RESTART_DELAY_MAX)
+        return delay
+
+    def _reap(self, worker: Worker) -> int | None:
+        """The worker's exit status if its process has ended (then forgotten)."""
+        process = worker.process
+        if process is None:
+            return None
+        returncode = process.poll()
+        if returncode is None:
+            return None
+        self._read(worker)  # whatever it printed before exiting
+        assert process.stdout is not None
+        with contextlib.suppress(KeyError):
+            self._sel.unregister(process.stdout)
+        process.stdout.close()
+        worker.process = None
+        return returncode
+
+    def _live(self) -> list[Worker]:
+        return [w for w in self.workers if w.process is not None]
+
+    # -- the loop ------------------------------------------------------------
+
+    def _wait(self, timeout: float | None) -> None:
+        """Sleep until a signal, a child's exit or worker output (or the timeout);
+        read what came."""
+        for key, _mask in self._sel.select(timeout):
+            if key.data is None:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    while self._wake_r.recv(512):
+                        pass
+            else:
+                self._read(key.data)
+
+    def _read(self, worker: Worker) -> None:
+        process = worker.process
+        if process is None or process.stdout is None or process.stdout.closed:
+            return
+        fd = process.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:  # closed: nothing more to read until it exits
+                with contextlib.suppress(KeyError):
+                    self._sel.unregister(process.stdout)
+                break
+            data = worker.pending + chunk
+            *lines, worker.pending = data.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").rstrip("\r")
+                if not worker.announced and " listening on " in line:
+                    worker.announced = line
+                else:
+                    log.debug("worker %d (pid %d) printed: %s", worker.index, process.pid, line)
+            worker.pending = worker.pending[-4096:]  # a worker cannot grow our memory
+
+    def _start_up(self) -> int | None:
+        """Wait for every worker's listening line: None once all listen, else the
+        exit status (a worker that cannot start, e.g. port in use, fails the
+        start: restarting it would fail alike)."""
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        while True:
+            if self._stop_signal is not None:
+                return 0
+            for worker in self.workers:
+                pid = worker.pid
+                returncode = self._reap(worker)
+                if returncode is not None:
+                    log.error(
+                        "worker %d (pid %d) exited with %s before listening",
+                        worker.index, pid, describe_exit(returncode),
+                    )
+                    return returncode if returncode > 0 else 1
+            if all(w.announced for w in self.workers):
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                waiting = [w.index for w in self.workers if not w.announced]
+                log.error("workers %s did not listen within %.0f s", waiting, STARTUP_DEADLINE)
+                return 1
+            self._wait(remaining)
+
+    def _supervise(self) -> None:
+        """Restart workers that exit, until a stop signal."""
+        while self._stop_signal is None:
+            now = time.monotonic()
+            for worker in self.workers:
+                pid = worker.pid
+                returncode = self._reap(worker)
+                if returncode is not None:
+                    delay = self._schedule_restart(worker, now)
+                    log.warning(
+                        "worker %d (pid %d) exited with %s; restarting in %.1f s",
+                        worker.index, pid, describe_exit(returncode), delay,
+                    )
+            for worker in self.workers:
+                if worker.restart_at is not None and worker.restart_at <= now:
+                    self._spawn(worker, restarted=True)
+            due = [w.restart_at for w in self.workers if w.restart_at is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            self._wait(timeout)
+
+    def _shut_down(self) -> None:
+        """Forward the stop signal, wait out the workers' drain, kill stragglers."""
+        sig = self._stop_signal or signal.SIGTERM
+        for worker in self.workers:
+            worker.restart_at = None
+        live = self._live()
+        log.info(
+            "stopping: sending %s to %d workers", signal.Signals(sig).name, len(live),
+        )
+        for worker in live:
+            assert worker.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(sig)
+        deadline = time.monotonic() + self.grace + KILL_AFTER_GRACE
+        while True:
+            for worker in self.workers:
+                pid = worker.pid
+                returncode = self._reap(worker)
+                if returncode is not None:
+                    log.info(
+                        "worker %d (pid %d) stopped with %s",
+                        worker.index, pid, describe_exit(returncode),
+                    )
+            remaining = deadline - time.monotonic()
+            if not self._live() or remaining <= 0:
+                break
+            self._wait(remaining)
+        for worker in self._live():
+            log.warning(
+                "worker %d (pid %d) still running %.1f s after %s: killing it",
+                worker.index, worker.pid, self.grace + KILL_AFTER_GRACE,
+                signal.Signals(sig).name,
+            )
+        self._kill_all()
+        log.info("all workers stopped")
+
+    def _kill_all(self) -> None:
+        for worker in self.workers:
+            process = worker.process
+            if process is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            process.wait()
+            self._reap(worker)
+
+
+# ----------------------------------------------------------------------------
+# The worker's side
+# ----------------------------------------------------------------------------
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def stop_with_parent(parent_pid: int, stop: Callable[[], None]) -> None:
+    """Make sure this worker does not outlive its supervisor ``parent_pid``.
+
+    On Linux the kernel sends SIGTERM (the graceful drain) when the parent dies;
+    elsewhere a daemon thread checks the parent once a second and calls ``stop``
+    (which must be thread-safe, like ``Server.stop``). If the parent is already
+    gone, ``stop`` is called at once.
+    """
+    watched = _set_parent_death_signal(signal.SIGTERM)
+    # Checked after the prctl: a parent that died before it is noticed here.
+    if os.getppid() != parent_pid:
+        log.warning("supervisor (pid %d) is gone: stopping", parent_pid)
+        stop()
+        return
+    if watched:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_INTERVAL)
+        log.warning("supervisor (pid %d) is gone: stopping", parent_pid)
+        stop()
+
+    threading.Thread(target=watch, name="wsnet-parent-watch", daemon=True).start()
