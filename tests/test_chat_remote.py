@@ -129,12 +129,35 @@ def test_a_backplane_that_lost_everything_resets_the_rooms() -> None:
         assert gap["reset"] is True and gap["since"] == 1
         presence = c.events(peer, "presence")[-1]
         assert presence["epoch"] != "h1" and presence["seq"] == 0
+        kinds = [e["type"] for e in c.got[peer]]
+        last_presence = len(kinds) - 1 - kinds[::-1].index("presence")
+        assert kinds[last_presence + 1] == "gap"  # the new epoch first, then the reset
     c.send("bob", "after")
     c.tick()
     assert c.seqs("ann") == [1, 1]  # numbering restarted, announced by the gap
     # Presence survived: each node registered its members again.
     state = c.hub.rooms["lobby"]
     assert set(state.members) == {"n0|0-ann", "n1|1-bob"}
+
+
+def test_a_node_that_reloads_late_delivers_what_the_new_epoch_already_has() -> None:
+    c = Cluster()
+    c.connect("ann", 0)
+    c.connect("bob", 1)
+    c.tick()
+    c.send("ann", "old")
+    c.tick()
+    c.backplanes[1].detach()
+    c.hub.restart(c.backplanes[:1])  # node 0 is back at once, node 1 later
+    c.send("ann", "new 1")
+    c.send("ann", "new 2")
+    c.tick()
+    c.backplanes[1].attach_again()
+    c.tick()
+    tail = c.got["bob"][-4:]
+    assert [e["type"] for e in tail] == ["presence", "gap", "message", "message"]
+    assert [e["text"] for e in tail[2:]] == ["new 1", "new 2"]
+    assert tail[0]["seq"] == 2 and tail[1]["first"] == 1
 
 
 def test_leaving_while_the_room_loads_cancels_the_join() -> None:

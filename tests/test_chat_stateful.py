@@ -40,9 +40,6 @@ class RoomView:
     #: A resume asked (before the tick delivered them) for messages it then got:
     #: their replay up to here is what it asked for, not a duplicate.
     asked_again: int = 0
-    #: A gap with reset came while joined: the room's numbering restarted (the
-    #: backplane lost it), and a presence with the new epoch follows.
-    reset_seen: bool = False
 
 
 @dataclass
@@ -87,10 +84,10 @@ class ChatMachine(RuleBasedStateMachine):
                 continue
             view = user.view(room)
             if kind == "presence" and "epoch" in event and view.joined:
-                # After a reset: the room's new epoch, where the gap put us.
-                assert view.reset_seen and event["epoch"] != view.epoch, (user.peer, event)
-                assert view.last == event["seq"], (user.peer, event, view)
-                view.epoch, view.reset_seen = event["epoch"], False
+                # The backplane lost the room: a new epoch, then a reset gap and
+                # what the new epoch holds, as in a join answer.
+                assert event["epoch"] != view.epoch, (user.peer, event)
+                view.epoch, view.last = event["epoch"], None
             elif kind == "presence" and "epoch" in event:  # a join reply
                 view.joined = True
                 since = view.resuming.pop(0)
@@ -104,7 +101,6 @@ class ChatMachine(RuleBasedStateMachine):
                 assert view.joined
                 if event.get("reset"):
                     user.messages[room] = []  # a new numbering starts
-                    view.reset_seen = True
                 else:
                     assert event["since"] == view.last, (user.peer, event, view)
                 view.last = event["first"] - 1
@@ -114,7 +110,6 @@ class ChatMachine(RuleBasedStateMachine):
                     raise AssertionError(f"{user.peer}: message before position in {room}")
                 assert event["seq"] == view.last + 1, (user.peer, event, view)
                 view.last = event["seq"]
-                view.reset_seen = False
                 if event["seq"] > view.asked_again:
                     user.messages.setdefault(room, []).append(event["seq"])
             elif kind == "join":

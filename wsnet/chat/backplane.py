@@ -384,11 +384,7 @@ class RedisBackplane:
             return
         log.info("redis backplane: up (node %s, %d rooms to restore)", self.node, len(self._open))
         self._announced = True
-        self._beat()
-        for room in self._open:  # Redis may have lost them; others may have missed them
-            for member_id, name in self.chat.local_members(room):
-                event = {"type": "join", "room": room, "id": member_id, "name": name}
-                self.presence(room, member_id, name, json.dumps(event, ensure_ascii=False))
+        self._beat()  # and if Redis lost our node, our members are announced again
         if self._open:
             self._subscribed.clear()
             for room in self._open:
@@ -405,13 +401,29 @@ class RedisBackplane:
         for room in list(self._loading):
             self._room_failed(room)  # first loads fail now; reloads wait for the link
 
+    def _announce_members(self) -> None:
+        """Register every local member again (Redis may have lost them, or
+        another node may have taken us for dead) and tell the other nodes."""
+        for room in self._open:
+            for member_id, name in self.chat.local_members(room):
+                event = {"type": "join", "room": room, "id": member_id, "name": name}
+                self.presence(room, member_id, name, json.dumps(event, ensure_ascii=False))
+
     def _beat(self) -> None:
         self.reactor.cancel(self._heartbeat)
         if self._stopped:
             return
         if self.commands.up:
             now_ms = int(time.time() * 1000)
-            self.commands.command("ZADD", f"{self.prefix}nodes", now_ms, self.node)
+
+            def beaten(reply: Any) -> None:
+                if reply == 1 and self._open:  # we were not listed: reaped as dead
+                    log.warning("redis backplane: this node was taken for dead; "
+                                "announcing its members again")
+                    self._announce_members()
+
+            self.commands.command("ZADD", f"{self.prefix}nodes", now_ms, self.node,
+                                  callback=beaten)
             self._run(_REAP, [f"{self.prefix}nodes"],
                       [now_ms, int(self.node_ttl * 1000), self.prefix])
         self._heartbeat = self.reactor.call_later(self.node_ttl / 3, self._beat)

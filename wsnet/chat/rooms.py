@@ -562,6 +562,8 @@ class Chat(Generic[P]):
         changed = remote != room.remote
         room.remote = remote
         if epoch != room.epoch:  # the backplane lost the room: numbering restarted
+            # Members hear what a join would answer: the new epoch, a reset gap,
+            # and what the new epoch already holds.
             since = room.seq
             room.epoch, room.seq = epoch, 0
             self._history_total -= room.history_bytes
@@ -569,10 +571,12 @@ class Chat(Generic[P]):
             room.history_bytes = 0
             self._load_history(room, history)
             room.seq = max(room.seq, seq)
+            self._emit(room, encode_event(self._snapshot(room)))
             gap = {"type": "gap", "room": name, "since": since, "first": room.first_seq,
                    "reset": True}
             self._emit(room, encode_event(gap))
-            self._emit(room, encode_event(self._snapshot(room)))
+            for _, data in room.history:
+                self._emit(room, data.decode())
             return
         # What was published while we were away: all of it, or a gap first if
         # the backplane's history no longer reaches back to where we were.
