@@ -30,6 +30,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from wsnet._metrics import Counter, Gauge, Histogram, Metric
@@ -191,11 +192,13 @@ class RedisBackplane:
         )
         self._open: set[str] = set()  # rooms with local members, as Chat asked
         self._subscribed: set[str] = set()  # confirmed by the subscriber link
-        self._loading: dict[str, list[tuple[int, str]]] = {}  # room -> pushes meanwhile
+        #: Rooms being loaded -> what was pushed for them meanwhile, to apply after.
+        self._loading: dict[str, list[Callable[[], None]]] = {}
         self._first_load: set[str] = set()  # loading for the first time: Chat waits
         self._heartbeat: Any = None
         self._stopped = False
         self._announced = False  # "up" was logged and "down" not yet
+        self._fresh = False
 
     # -- life ----------------------------------------------------------------
 
@@ -304,16 +307,19 @@ class RedisBackplane:
         kind, _, rest = payload.partition(b" ")
         if kind == b"m":
             seq_text, _, event = rest.partition(b" ")
-            seq = int(seq_text)
-            pending = self._loading.get(room)
-            if pending is not None:
-                pending.append((seq, event.decode()))
-            else:
-                self.chat.deliver(room, seq, event.decode())
+            apply = partial(self.chat.deliver, room, int(seq_text), event.decode())
         elif kind == b"p":
             node, _, event = rest.partition(b" ")
-            if node.decode() != self.node and room not in self._loading:
-                self.chat.remote_presence(room, json.loads(event))
+            if node.decode() == self.node:
+                return
+            apply = partial(self.chat.remote_presence, room, json.loads(event))
+        else:
+            return
+        pending = self._loading.get(room)
+        if pending is not None:  # applied after the load, in order; repeats drop out
+            pending.append(apply)
+        else:
+            apply()
 
     # -- rooms ---------------------------------------------------------------
 
@@ -351,8 +357,8 @@ class RedisBackplane:
             pending = self._loading.pop(room, [])
             self._first_load.discard(room)
             self.chat.room_loaded(room, epoch.decode(), int(seq), history, remote)
-            for pushed_seq, event in pending:
-                self.chat.deliver(room, pushed_seq, event)
+            for apply in pending:
+                apply()
 
         if not self._run(_LOAD, keys, [_new_epoch(), self.chat.settings.history], loaded):
             self._room_failed(room)
@@ -384,6 +390,7 @@ class RedisBackplane:
             return
         log.info("redis backplane: up (node %s, %d rooms to restore)", self.node, len(self._open))
         self._announced = True
+        self._fresh = True  # the next heartbeat tells whether Redis still knew us
         self._beat()  # and if Redis lost our node, our members are announced again
         if self._open:
             self._subscribed.clear()
@@ -392,6 +399,8 @@ class RedisBackplane:
             self.pubsub.command("SUBSCRIBE", *(self._channel(r) for r in self._open))
 
     def _link_down(self, reason: str) -> None:
+        if self._stopped:
+            return
         if self._announced:  # one line per outage, whichever link noticed first
             self.state_changes.inc()
             log.warning("redis backplane: down (%s); clients stay connected, messages are "
@@ -413,13 +422,15 @@ class RedisBackplane:
         self.reactor.cancel(self._heartbeat)
         if self._stopped:
             return
-        if self.commands.up:
+        if self.up:
             now_ms = int(time.time() * 1000)
+            fresh, self._fresh = self._fresh, False
 
             def beaten(reply: Any) -> None:
-                if reply == 1 and self._open:  # we were not listed: reaped as dead
-                    log.warning("redis backplane: this node was taken for dead; "
-                                "announcing its members again")
+                if reply == 1 and self._open:  # our node was not listed
+                    if not fresh:  # not Redis forgetting everything: taken for dead
+                        log.warning("redis backplane: this node was taken for dead; "
+                                    "announcing its members again")
                     self._announce_members()
 
             self.commands.command("ZADD", f"{self.prefix}nodes", now_ms, self.node,

@@ -620,6 +620,8 @@ class Chat(Generic[P]):
         if room is None or room.loading or not isinstance(event.get("name"), str):
             return
         if kind == "join":
+            if room.remote.get(ident) == event["name"]:
+                return  # known already (from a load, or announced again)
             room.remote[ident] = event["name"]
         elif kind == "leave":
             if room.remote.pop(ident, None) is None:
