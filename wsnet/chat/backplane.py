@@ -191,7 +191,6 @@ class RedisBackplane:
             "wsnet_backplane_down_total", "Times the Redis links went down.",
         )
         self._open: set[str] = set()  # rooms with local members, as Chat asked
-        self._subscribed: set[str] = set()  # confirmed by the subscriber link
         #: Rooms being loaded -> what was pushed for them meanwhile, to apply after.
         self._loading: dict[str, list[Callable[[], None]]] = {}
         self._first_load: set[str] = set()  # loading for the first time: Chat waits
@@ -298,7 +297,6 @@ class RedisBackplane:
             self._message(reply[1].decode(), reply[2])
         elif kind == b"subscribe":
             room = reply[1].decode()[len(self.prefix) + 2:]
-            self._subscribed.add(room)
             if room in self._open:
                 self._load(room)
 
@@ -374,7 +372,6 @@ class RedisBackplane:
         self._open.discard(room)
         self._loading.pop(room, None)
         self._first_load.discard(room)
-        self._subscribed.discard(room)
         self.pubsub.command("UNSUBSCRIBE", self._channel(room))
         self.commands.command("SREM", self._node_rooms(), room)
 
@@ -393,7 +390,6 @@ class RedisBackplane:
         self._fresh = True  # the next heartbeat tells whether Redis still knew us
         self._beat()  # and if Redis lost our node, our members are announced again
         if self._open:
-            self._subscribed.clear()
             for room in self._open:
                 self._loading.setdefault(room, [])
             self.pubsub.command("SUBSCRIBE", *(self._channel(r) for r in self._open))
@@ -406,7 +402,6 @@ class RedisBackplane:
             log.warning("redis backplane: down (%s); clients stay connected, messages are "
                         "refused", reason)
             self._announced = False
-        self._subscribed.clear()
         for room in list(self._loading):
             self._room_failed(room)  # first loads fail now; reloads wait for the link
 
