@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import ServerFactory
+from conftest import RedisServer, ServerFactory
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -411,3 +411,27 @@ def test_a_late_joiner_sees_the_rooms_recent_history(
     first = bob.sockets[0].query()
     assert first["since"] == "0" and "epoch" not in first, first
     exchange(bob, "bob", "hello ann", log, ann, bob)
+
+
+def test_pages_on_two_workers_chat_through_redis(
+    server_factory: ServerFactory, chat_page: ChatPageFactory, redis_server: RedisServer,
+) -> None:
+    """With a backplane the join answer comes a Redis round trip after the
+    welcome, and the page must wait for it before resending. (The kernel spreads
+    the pages over the workers; tests/test_workers.py proves rooms span them.)"""
+    server = server_factory("--workers", "2", "--redis", redis_server.url)
+    pages = [chat_page(server.port) for _ in range(4)]
+    names = ["ann", "bob", "cy", "dee"]
+    for page, name in zip(pages, names, strict=True):
+        page.join(name, "spread")
+    for page in pages:
+        page.expect_members(sorted(names))
+    log: list[tuple[str, str]] = []
+    for page, name in zip(pages, names, strict=True):
+        exchange(page, name, f"hello from {name}", log, *pages)
+    # A dropped socket comes back (to either worker) and resumes with since.
+    with pages[0].page.expect_websocket(timeout=RECONNECT):
+        pages[0].page.evaluate("window.wsnetChat.socket.close()")
+    pages[0].expect_state("online", timeout=RECONNECT)
+    exchange(pages[1], "bob", "still there?", log, *pages)
+    assert pages[0].messages() == log
