@@ -43,8 +43,9 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# Tests of the Redis backplane and of --workers start their own redis-server (a
-# throwaway one per test, on a free port, nothing written to disk).
+# Tests of the Redis backplane and of --workers, and the benchmark's scale scenario,
+# start their own redis-server (a throwaway one each, on a free port, nothing
+# written to disk).
 redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
@@ -54,11 +55,11 @@ unit: $(VENV)/.test browser redis
 
 ## make bench [ARGS="--servers wsnet,websockets --scenarios idle"]: the full benchmark
 ## (wsnet and its peers, every scenario; tens of minutes; results in bench/results/)
-bench: $(VENV)/.bench
+bench: $(VENV)/.bench redis
 	$(BIN)/python bench/run.py $(ARGS)
 
 ## make bench-quick: every scenario at small scale (under 2 minutes), a smoke check
-bench-quick: $(VENV)/.bench
+bench-quick: $(VENV)/.bench redis
 	$(BIN)/python bench/run.py --quick $(ARGS)
 
 clean:

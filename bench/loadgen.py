@@ -13,6 +13,18 @@ Every message a sender sends is ``#r<run>#<monotonic_ns>#<worker>.<k>#`` padded
 to the message size. ``time.monotonic_ns`` is one clock for the whole machine on
 Linux, so a message sent by one worker is timed correctly by another.
 
+With ``--rooms K`` client ``i`` joins room ``r{(offset + i) % K}`` through the
+upgrade URL (``?room=...``), each sender sends into its own room, and messages
+carry their room: ``#r<run>/<room>#<monotonic_ns>#<worker>.<k>#``. A receiver
+then counts only its own room's marker (``#r<run>/<room>#``), so a delivery is
+counted only where it belongs; the run's markers of other rooms are counted
+apart (``misrouted``), and so are ``error`` events (``unavailable`` when the
+backplane cannot take a message). Workers report how many messages they sent
+into each room, the orchestrator adds them up (``expect`` carries ``by_room``),
+and each worker expects, for each of its receivers, exactly its room's count.
+A worker is ready once every client has its join answer (the ``presence``
+snapshot), which with a Redis backplane comes a round trip after the 101.
+
 The orchestrator (``bench/run.py``) drives workers through one JSON line per
 command on stdin, and reads one JSON line per event on stdout::
 
@@ -20,6 +32,7 @@ command on stdin, and reads one JSON line per event on stdout::
     run    <- {"cmd": "run", "run": 1, "start_ns": T, "duration": D, "rate": R}
     worker -> {"event": "sent", "run": 1, "sent": k}   senders are done
     run    <- {"cmd": "expect", "run": 1, "messages": M}  sent by all workers
+                 (with --rooms also "by_room": {room: messages sent into it})
     worker -> {"event": "result", "run": 1, ...}   drained, or drain timed out
     run    <- {"cmd": "stop"}
     worker -> {"event": "bye", ...}
@@ -58,6 +71,13 @@ TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.2: appended before inflating a mess
 #: each, five times the cost of the system call itself).
 RECV_BYTES = 64 * 1024
 MAX_HEAD_BYTES = 16 * 1024
+#: In rooms mode, what a client's join answer (a presence snapshot) carries.
+JOINED_TAG = b'"epoch":"'
+#: Every chat error event carries this; its code follows in "error":"<code>".
+ERROR_TAG = b'"type":"error"'
+ERROR_CODE = re.compile(rb'"type":"error","error":"([A-Za-z_]{1,40})"')
+#: Descriptors a worker keeps back beyond its clients (stdin/out/err, selector...).
+RESERVED_FDS = 64
 #: Linux's IP_BIND_ADDRESS_NO_PORT: bind() to a source address without picking a
 #: port yet, so ephemeral ports are shared per (source, destination) pair.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -72,6 +92,29 @@ CONNECTING, HANDSHAKE, OPEN, CLOSED = range(4)
 def marker(run: int) -> bytes:
     """What every message of one run carries, and receivers count."""
     return b"#r%d#" % run
+
+
+def room_marker(run: int, room: int) -> bytes:
+    """Rooms mode: what every message of one run into one room carries."""
+    return b"#r%d/%d#" % (run, room)
+
+
+def raise_nofile(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE up to the hard limit; SystemExit, saying what
+    to do, if even the hard limit is below ``needed``. Returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    elif hard == resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        soft = needed
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raise SystemExit(
+            f"loadgen: {needed} open files needed, but the hard RLIMIT_NOFILE is {hard}: "
+            "use fewer connections per worker (or raise the hard limit: ulimit -Hn)"
+        )
+    return soft
 
 
 def mask_frame(payload: bytes, opcode: int = 0x1) -> bytes:
@@ -164,9 +207,10 @@ class Client:
     __slots__ = (
         "index", "sock", "fd", "state", "head", "key", "sampled", "deflate", "inflater",
         "pending", "pending_len", "need", "fragments", "fragment_rsv1", "out", "delivered",
+        "room", "joined",
     )
 
-    def __init__(self, index: int, sock: socket.socket, sampled: bool) -> None:
+    def __init__(self, index: int, sock: socket.socket, sampled: bool, room: int = 0) -> None:
         self.index = index
         self.sock = sock
         self.fd = sock.fileno()
@@ -185,6 +229,8 @@ class Client:
         self.fragment_rsv1 = False
         self.out = b""  # bytes the kernel did not take yet
         self.delivered = 0  # this run's messages received
+        self.room = room  # rooms mode: the index of its room
+        self.joined = False  # rooms mode: its join answer arrived
 
 
 class Worker:
@@ -215,6 +261,15 @@ class Worker:
         self.last_delivery_ns = 0
         self.other_frames = 0
         self.compressed_frames = 0
+        # Rooms mode (--rooms K): per-room markers of the run, what else was seen.
+        self.rooms = opts.rooms
+        self.room_marks = [room_marker(0, r) for r in range(self.rooms)]
+        self.room_patterns: dict[int, re.Pattern[bytes]] = {}
+        self.generic = b"#r0/"  # any message of this run, whatever its room
+        self.seen_any = 0  # markers of this run seen at all (own room or not)
+        self.error_events: dict[str, int] = {}
+        self.joined = 0
+        self.join_end_ns = 0
 
     # -- output ----------------------------------------------------------------
 
@@ -249,7 +304,8 @@ class Worker:
             sock.close()
             self.error(errno.errorcode.get(rc, "connect"))
             return
-        client = Client(index, sock, sampled)
+        room = (opts.room_offset + index) % opts.rooms if opts.rooms else 0
+        client = Client(index, sock, sampled, room)
         self.clients.append(client)
         self.by_fd[client.fd] = client
         self.sel.register(sock, WRITE, client)
@@ -266,13 +322,14 @@ class Worker:
             if self.opts.deflate
             else b""
         )
+        room = b"room=%s%d&" % (self.opts.room_prefix.encode(), c.room) if self.rooms else b""
         request = (
-            b"GET %s?name=b%d-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+            b"GET %s?%sname=b%d-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
             b"%s\r\n"
         ) % (
-            self.opts.path.encode(), self.opts.worker_id, c.index, self.opts.host.encode(),
-            self.opts.port, c.key, ext,
+            self.opts.path.encode(), room, self.opts.worker_id, c.index,
+            self.opts.host.encode(), self.opts.port, c.key, ext,
         )
         c.state = HANDSHAKE
         self.sel.modify(c.sock, READ, c)
@@ -401,7 +458,7 @@ class Worker:
         pos = 0
         n = len(data)
         count = 0
-        mark = self.mark
+        mark = self.room_marks[c.room] if self.rooms else self.mark
         fast = not c.sampled
         while n - pos >= 2:
             b0 = data[pos]
@@ -435,11 +492,30 @@ class Worker:
             c.delivered += count
             self.delivered += count
             self.last_delivery_ns = time.monotonic_ns()
+        if self.rooms and pos:
+            self.room_checks(c, data, pos)
         if pos < n:
             rest = data[pos:]
             c.pending = [rest]
             c.pending_len = len(rest)
             c.need = self.frame_size(rest)
+
+    def room_checks(self, c: Client, data: bytes, end: int) -> None:
+        """Rooms mode, over the complete frames of one read: every marker of the
+        run (own room or not), error events, and the client's join answer."""
+        self.seen_any += data.count(self.generic, 0, end)
+        if data.find(ERROR_TAG, 0, end) >= 0:
+            found = ERROR_CODE.findall(data, 0, end)
+            for code in found:
+                key = code.decode()
+                self.error_events[key] = self.error_events.get(key, 0) + 1
+            missing = data.count(ERROR_TAG, 0, end) - len(found)
+            if missing > 0:
+                self.error_events["?"] = self.error_events.get("?", 0) + missing
+        if not c.joined and data.find(JOINED_TAG, 0, end) >= 0:
+            c.joined = True
+            self.joined += 1
+            self.join_end_ns = time.monotonic_ns()
 
     @staticmethod
     def frame_size(buf: bytes) -> int:
@@ -500,7 +576,9 @@ class Worker:
                 self.lose(c, "bad_deflate")
                 return
             start, end = 0, len(data)
-        mark = self.mark
+            if self.rooms:
+                self.room_checks(c, data, end)
+        mark = self.room_marks[c.room] if self.rooms else self.mark
         count = data.count(mark, start, end)
         if not count:
             self.other_frames += 1
@@ -510,8 +588,16 @@ class Worker:
         self.last_delivery_ns = time.monotonic_ns()
         if c.sampled:
             hist = self.hist
-            for m in self.pattern.finditer(data, start, end):
+            pattern = self.room_pattern(c.room) if self.rooms else self.pattern
+            for m in pattern.finditer(data, start, end):
                 hist.add(max(0, now_ns - int(m.group(1))) // 1000)
+
+    def room_pattern(self, room: int) -> re.Pattern[bytes]:
+        pattern = self.room_patterns.get(room)
+        if pattern is None:
+            pattern = re.compile(re.escape(self.room_marks[room]) + rb"(\d+)#")
+            self.room_patterns[room] = pattern
+        return pattern
 
     # -- commands --------------------------------------------------------------
 
@@ -574,8 +660,14 @@ class Worker:
             while self.to_connect < opts.connections and self.in_flight < opts.concurrency:
                 self.start_connect(self.to_connect)
                 self.to_connect += 1
-            if self.to_connect >= opts.connections and self.in_flight == 0:
+            if (
+                self.to_connect >= opts.connections
+                and self.in_flight == 0
+                and (not self.rooms or self.joined >= len(self.by_fd))
+            ):
                 break
+            if self.stdin_eof or any(c.get("cmd") == "stop" for c in self.commands):
+                return  # the orchestrator gave up (or is gone): no point going on
             self.poll(0.05)
         else:
             if self.to_connect < opts.connections:
@@ -583,6 +675,10 @@ class Worker:
             for c in list(self.by_fd.values()):
                 if c.state is not OPEN:
                     self.fail(c, "handshake_timeout")
+                elif self.rooms and not c.joined:
+                    # Open but not in its room: kept (a receiver that will miss
+                    # its room's messages, which the counts then show).
+                    self.error("join_timeout")
 
     def open_clients(self) -> list[Client]:
         return [c for c in self.clients if c.state is OPEN]
@@ -601,7 +697,16 @@ class Worker:
         for c in self.clients:
             c.delivered = 0
         receivers = self.open_clients()
-        senders = receivers[: opts.senders]
+        if self.rooms:
+            self.room_marks = [room_marker(self.run_id, r) for r in range(self.rooms)]
+            self.room_patterns = {}
+            self.generic = b"#r%d/" % self.run_id
+            senders = self.room_senders(receivers)
+        else:
+            senders = receivers[: opts.senders]
+        self.seen_any = 0
+        self.error_events = {}
+        by_room: dict[int, int] = {}
         rate = float(cmd["rate"])
         duration = float(cmd["duration"])
         start_ns = int(cmd["start_ns"])
@@ -624,9 +729,12 @@ class Worker:
         while sent < total and time.monotonic() < lifetime_deadline:
             while sent < total and time.monotonic_ns() >= next_due:
                 c = senders[sent % len(senders)]
+                if self.rooms:
+                    by_room[c.room] = by_room.get(c.room, 0) + 1
                 if c.state is OPEN:
                     t = time.monotonic_ns()
-                    head = b"%s%d#%d.%d#" % (self.mark, t, opts.worker_id, sent)
+                    mark = self.room_marks[c.room] if self.rooms else self.mark
+                    head = b"%s%d#%d.%d#" % (mark, t, opts.worker_id, sent)
                     self.write(c, mask_frame((head + pad)[: max(len(head), opts.message_bytes)]))
                     if not first_send_ns:
                         first_send_ns = t
@@ -637,15 +745,27 @@ class Worker:
             if sent >= total:
                 break
             self.poll(max(0.0, min(0.05, (next_due - time.monotonic_ns()) / 1e9)))
-        self.emit({"event": "sent", "run": self.run_id, "sent": sent})
+        event: dict[str, Any] = {"event": "sent", "run": self.run_id, "sent": sent}
+        if self.rooms:
+            event["by_room"] = {str(r): k for r, k in by_room.items()}
+        self.emit(event)
         # Drain: until every message sent by every worker reached every receiver
-        # here, or the drain period is over.
-        drain_deadline = time.monotonic() + float(cmd.get("drain", opts.drain))
+        # here, or the drain period is over. It starts when the sending window
+        # ends, also for a worker with nothing (or less) to send: the others'
+        # messages come until then.
+        window_left = max(0.0, (start_ns + duration * 1e9 - time.monotonic_ns()) / 1e9)
+        drain_deadline = time.monotonic() + window_left + float(cmd.get("drain", opts.drain))
         expected: int | None = None
+        room_totals: dict[int, int] | None = None
         while time.monotonic() < min(drain_deadline, lifetime_deadline):
             for i, pending in enumerate(self.commands):
                 if pending.get("cmd") == "expect" and pending.get("run") == self.run_id:
-                    expected = int(pending["messages"]) * len(receivers)
+                    if self.rooms:
+                        totals = pending.get("by_room") or {}
+                        room_totals = {int(r): int(k) for r, k in totals.items()}
+                        expected = sum(room_totals.get(c.room, 0) for c in receivers)
+                    else:
+                        expected = int(pending["messages"]) * len(receivers)
                     del self.commands[i]
                     break
             if expected is not None and self.delivered >= expected:
@@ -654,6 +774,23 @@ class Worker:
                 break
             self.poll(0.02)
         per_conn = [c.delivered for c in receivers]
+        extra: dict[str, Any] = {}
+        if self.rooms:
+            # Per connection, exactly its room's messages: how many got fewer
+            # (and the largest shortfall) and how many got more.
+            totals = room_totals or {}
+            short = [totals.get(c.room, 0) - c.delivered for c in receivers
+                     if c.delivered < totals.get(c.room, 0)]
+            extra = {
+                "rooms_here": len({c.room for c in receivers}),
+                "senders": len(senders),
+                "short_conns": len(short),
+                "max_short": max(short, default=0),
+                "over_conns": sum(1 for c in receivers if c.delivered > totals.get(c.room, 0)),
+                "misrouted": self.seen_any - self.delivered,
+                "error_events": self.error_events,
+                "not_joined": sum(1 for c in receivers if not c.joined),
+            }
         self.emit({
             "event": "result",
             "run": self.run_id,
@@ -678,7 +815,25 @@ class Worker:
             "closed_by_server": self.closed_by_server - closed0,
             "lost": self.lost - lost0,
             "errors": self.errors,
+            **extra,
         })
+
+    def room_senders(self, receivers: list[Client]) -> list[Client]:
+        """Rooms mode: one sender in each of the rooms ``--sender-room-first``,
+        +1, ... (``--senders`` of them, mod K): the first open client of each."""
+        opts = self.opts
+        first_of: dict[int, Client] = {}
+        for c in receivers:
+            first_of.setdefault(c.room, c)
+        start = opts.room_offset if opts.sender_room_first is None else opts.sender_room_first
+        senders = []
+        for j in range(opts.senders):
+            c = first_of.get((start + j) % self.rooms)
+            if c is None:
+                self.error("no_member_to_send_from")
+            else:
+                senders.append(c)
+        return senders
 
     def main(self) -> int:
         opts = self.opts
@@ -694,6 +849,11 @@ class Worker:
         self.open_all()
         connect_cpu_s = cpu_seconds() - cpu0
         elapsed = max(1, self.handshake_end_ns - self.handshake_start_ns)
+        joins: dict[str, Any] = {}
+        if self.rooms:
+            joins = {"joined": self.joined, "join_end_ns": self.join_end_ns,
+                     "rooms_here": len({c.room for c in self.open_clients()}),
+                     "error_events": dict(self.error_events)}
         self.emit({
             "event": "ready",
             "worker": opts.worker_id,
@@ -706,6 +866,7 @@ class Worker:
             "connect_cpu_s": round(connect_cpu_s, 4),
             "errors": self.errors,
             "pid": os.getpid(),
+            **joins,
         })
         while True:
             cmd = self.next_command(lifetime_deadline)
@@ -747,6 +908,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--message-bytes", type=int, default=100, help="size of each chat text")
     p.add_argument("--deflate", action="store_true", help="offer permessage-deflate")
     p.add_argument(
+        "--rooms", type=int, default=0, metavar="K",
+        help="client i joins room <prefix>{(offset+i) %% K} in its upgrade URL, senders send "
+        "into their own rooms, and deliveries are counted per room (0: the server's default "
+        "room, every message to everyone)",
+    )
+    p.add_argument("--room-offset", type=int, default=0, help="with --rooms: the offset above")
+    p.add_argument("--room-prefix", default="r", help="with --rooms: room names' prefix")
+    p.add_argument(
+        "--sender-room-first", type=int, default=None,
+        help="with --rooms: the --senders senders are one client in each of the rooms "
+        "from this one on (default: --room-offset)",
+    )
+    p.add_argument(
         "--source",
         type=loopback,
         action="append",
@@ -772,7 +946,17 @@ def main(argv: Iterable[str] | None = None) -> int:
     opts = build_parser().parse_args(list(argv) if argv is not None else None)
     if not 0 < opts.connections <= 19_000:
         raise SystemExit("--connections must be 1..19000 (one process may hold ~20k files)")
+    if opts.rooms < 0 or opts.room_offset < 0:
+        raise SystemExit("--rooms and --room-offset must be >= 0")
+    raise_nofile(opts.connections + RESERVED_FDS)
     worker = Worker(opts)
+    try:
+        return run_worker(worker, opts)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: exit quietly
+        return 130
+
+
+def run_worker(worker: Worker, opts: argparse.Namespace) -> int:
     if opts.profile:
         import cProfile  # noqa: PLC0415  (a developer's option)
 

@@ -1,6 +1,8 @@
 """``make bench``: wsnet side by side with peer servers, same load generator.
 
-Scenarios (see bench/README.md): idle, broadcast, saturation, deflate, flush.
+Scenarios (see bench/README.md): idle, broadcast, saturation, deflate, flush, and
+scale (wsnet only: ``--workers N`` on a Redis backplane, up to 100,000 connections
+in rooms; see "The scale scenario" below).
 For every server (wsnet; the ``websockets`` peer; Node ``ws`` plain and batched
 when ``node`` is installed) a scenario starts the server, opens connections from
 ``bench/loadgen.py`` worker processes, runs the load, samples the server's and the
@@ -14,6 +16,7 @@ Only 127.0.0.0/8 is ever a target; every phase is bounded in time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
@@ -25,6 +28,8 @@ import queue
 import re
 import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +43,7 @@ from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import Histogram  # bench/ is not a package: imported from its folder
+from loadgen import Histogram, raise_nofile  # bench/ is not a package: from its folder
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -56,6 +61,31 @@ CONNS_PER_SOURCE = 25_000
 
 
 # -- scale -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaleSizes:
+    """The scale scenario (wsnet only): many connections in rooms, through Redis."""
+
+    connections: int = 100_000  # parts (a), (b) and (c)
+    room_size: int = 100  # (a), (c): connections / room_size rooms
+    per_room_rate: float = 1.0  # messages/s into each room: the target load
+    #: (a) and (c) also run these lighter loads first, same connections: where
+    #: the target is out of reach, they show what this machine does hold...
+    lighter_rates: tuple[float, ...] = (0.25, 0.5, 0.75)
+    #: ...after a window without messages (0: none): what the open connections
+    #: alone cost (keepalive pings and pongs).
+    idle_window: float = 10.0
+    window: float = 30.0  # seconds of sending, (a) and (c)
+    workers: int = 6  # (a) and (b): one node, --workers N
+    nodes: tuple[int, ...] = (3, 3)  # (c): workers of each node, same Redis
+    broadcasts: int = 3  # (b): one message to everyone, this many times
+    broadcast_drain: float = 30.0
+    sweep: tuple[int, ...] = (2, 3, 4, 5, 6)  # (a)'s load at sweep_connections, N = ...
+    sweep_connections: int = 30_000
+    sweep_window: float = 20.0
+    drain: float = 10.0
+    parts: tuple[str, ...] = ("a", "b", "c", "sweep")
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,7 @@ class Scale:
     message_bytes: int = 100
     sample_stride: int = 20  # every 20th client measures latency (5 %)...
     max_sampled: int = 25  # ...at most this many per worker
+    big: ScaleSizes = ScaleSizes()
 
 
 FULL = Scale(
@@ -111,8 +142,13 @@ QUICK = Scale(
     hold=0.3,
     per_worker=250,
     min_workers=1,
+    big=ScaleSizes(
+        connections=5000, window=3.0, workers=2, nodes=(1, 1), broadcasts=1, lighter_rates=(),
+        idle_window=1.0,
+        broadcast_drain=10.0, sweep=(1, 2), sweep_connections=2000, sweep_window=2.0, drain=5.0,
+    ),
 )
-SCENARIOS = ("idle", "broadcast", "saturation", "deflate", "flush")
+SCENARIOS = ("idle", "broadcast", "saturation", "deflate", "flush", "scale")
 
 
 # -- /proc -------------------------------------------------------------------
@@ -150,20 +186,25 @@ def machine_jiffies() -> tuple[int, int]:
 
 @dataclass
 class Snapshot:
-    """CPU seconds of the server and each worker, and the machine, at one instant."""
+    """CPU seconds of the server (all its processes) and each worker, and the
+    machine, at one instant."""
 
     t: float
     server_cpu: float
     worker_cpu: list[float]
     machine: tuple[int, int]
+    by_pid: dict[int, float] = field(default_factory=dict)  # each server process
 
     @classmethod
-    def take(cls, server_pid: int, worker_pids: list[int]) -> Snapshot:
+    def take(cls, server_pids: int | list[int], worker_pids: list[int]) -> Snapshot:
+        pids = [server_pids] if isinstance(server_pids, int) else server_pids
+        by_pid = {p: proc_cpu_s(p) or 0.0 for p in pids}
         return cls(
             time.monotonic(),
-            proc_cpu_s(server_pid) or 0.0,
+            sum(by_pid.values()),
             [proc_cpu_s(p) or 0.0 for p in worker_pids],
             machine_jiffies(),
+            by_pid,
         )
 
 
@@ -177,6 +218,13 @@ def cpu_percent(a: Snapshot, b: Snapshot) -> tuple[float, list[float], float]:
         [100 * (y - x) / wall for x, y in zip(a.worker_cpu, b.worker_cpu, strict=True)],
         100 * busy / total,
     )
+
+
+def cpu_by_pid(a: Snapshot, b: Snapshot) -> dict[int, float]:
+    """Each server process's % of one core between two snapshots (processes in
+    both: one that ended or started in between is left out)."""
+    wall = max(1e-6, b.t - a.t)
+    return {p: 100 * (b.by_pid[p] - a.by_pid[p]) / wall for p in b.by_pid if p in a.by_pid}
 
 
 # -- servers -----------------------------------------------------------------
@@ -246,16 +294,40 @@ def ensure_node_ws() -> str | None:
     return None
 
 
+#: Every process this run started, so that none outlives it (see ``reap_all``).
+SPAWNED: list[subprocess.Popen[Any]] = []
+
+
+def spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """Popen from the repository root, remembered in ``SPAWNED``."""
+    proc = subprocess.Popen(argv, cwd=ROOT, **kwargs)
+    SPAWNED.append(proc)
+    return proc
+
+
+def reap_all() -> list[int]:
+    """Kill (SIGKILL) every process we started that still runs; their pids."""
+    killed = []
+    for proc in SPAWNED:
+        if proc.poll() is None:
+            proc.kill()
+            killed.append(proc.pid)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    SPAWNED.clear()
+    return killed
+
+
 class ServerProcess:
     """A server under test, started on port 0; its URL line gives the port."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], start_timeout: float = 20.0) -> None:
         self.argv = argv
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
-        )
-        self.port = self._read_port(timeout=20.0)
+        self.proc = spawn(argv, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.port = self._read_port(timeout=start_timeout)
 
     def _read_port(self, timeout: float) -> int:
         found: queue.Queue[str] = queue.Queue()
@@ -285,15 +357,19 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def cpu_pids(self) -> list[int]:
+        """The processes whose CPU is the server's."""
+        return [self.pid]
+
     def rss_kb(self) -> int:
         return proc_status_kb(self.pid, "VmRSS") or 0
 
     def hwm_kb(self) -> int:
         return proc_status_kb(self.pid, "VmHWM") or 0
 
-    def stderr(self) -> str:
+    def stderr(self, limit: int = 2000) -> str:
         self.log.seek(0)
-        return self.log.read()[-2000:]
+        return self.log.read()[-limit:]
 
     def problems(self) -> str | None:
         """The first warning, error or traceback the server logged, if any."""
@@ -302,15 +378,16 @@ class ServerProcess:
                 return line.strip()[:300]
         return None
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
 
 
 @contextmanager
@@ -363,6 +440,10 @@ class RunResult:
     compressed_frames: int
     min_per_conn: int
     errors: dict[str, int]
+    #: Each server process's % of one core over the sending window.
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    #: Rooms mode: exactness checks and error events, added up over workers.
+    rooms: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -371,6 +452,17 @@ class RunResult:
     @property
     def loadgen_busy(self) -> bool:
         return max(self.worker_cpu, default=0.0) >= LOADGEN_BUSY
+
+
+@dataclass
+class WorkerSpec:
+    """One load-generator process: its target port, clients, senders and any
+    further options (``--source``, ``--rooms``...)."""
+
+    port: int
+    connections: int
+    senders: int
+    options: list[str] = field(default_factory=list)
 
 
 class LoadGen:
@@ -385,34 +477,42 @@ class LoadGen:
         deflate: bool,
         senders: int,
         connect_timeout: float,
+        specs: list[WorkerSpec] | None = None,
     ) -> None:
-        workers = math.ceil(connections / scale.per_worker)
-        if senders:
-            workers = max(workers, scale.min_workers)
-        self.counts = split(connections, workers)
-        self.senders = split(min(senders, connections), workers)
-        sources = math.ceil(connections / CONNS_PER_SOURCE)
+        if specs is None:
+            workers = math.ceil(connections / scale.per_worker)
+            if senders:
+                workers = max(workers, scale.min_workers)
+            sources = math.ceil(connections / CONNS_PER_SOURCE)
+            specs = [
+                WorkerSpec(port, count, sending, (
+                    # beyond one address's ephemeral ports: 127.0.0.2, .3, ...
+                    ["--source", f"127.0.0.{2 + i % sources}"] if sources > 1 else []
+                ))
+                for i, (count, sending) in enumerate(zip(
+                    split(connections, workers), split(min(senders, connections), workers),
+                    strict=True,
+                ))
+            ]
+        self.counts = [spec.connections for spec in specs]
+        self.senders = [spec.senders for spec in specs]
         self.events: queue.Queue[tuple[int, dict[str, Any]]] = queue.Queue()
         self.procs: list[subprocess.Popen[str]] = []
         # Workers start connecting together, once every interpreter is up.
-        self.connect_at_ns = time.monotonic_ns() + int((0.5 + 0.15 * workers) * 1e9)
-        for i, count in enumerate(self.counts):
+        self.connect_at_ns = time.monotonic_ns() + int((0.5 + 0.15 * len(specs)) * 1e9)
+        for i, spec in enumerate(specs):
             argv = [
-                sys.executable, str(BENCH / "loadgen.py"), "--port", str(port),
-                "--connections", str(count), "--senders", str(self.senders[i]),
+                sys.executable, str(BENCH / "loadgen.py"), "--port", str(spec.port),
+                "--connections", str(spec.connections), "--senders", str(spec.senders),
                 "--message-bytes", str(scale.message_bytes), "--worker-id", str(i),
                 "--sample-stride", str(scale.sample_stride),
                 "--max-sampled", str(scale.max_sampled),
                 "--connect-timeout", str(connect_timeout), "--drain", str(scale.drain),
-                "--connect-at-ns", str(self.connect_at_ns),
+                "--connect-at-ns", str(self.connect_at_ns), *spec.options,
             ]
             if deflate:
                 argv.append("--deflate")
-            if sources > 1:  # beyond one address's ephemeral ports: 127.0.0.2, .3, ...
-                argv += ["--source", f"127.0.0.{2 + i % sources}"]
-            proc = subprocess.Popen(
-                argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )
+            proc = spawn(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self.procs.append(proc)
             threading.Thread(target=self._reader, args=(i, proc.stdout), daemon=True).start()
         self.run_id = 0
@@ -453,9 +553,11 @@ class LoadGen:
         return [got[i] for i in range(len(self.procs))]
 
     def run(
-        self, server: ServerProcess, rate: float, duration: float, drain: float,
+        self, server: ServerProcess | Any, rate: float, duration: float, drain: float,
     ) -> RunResult:
-        """Send ``rate`` messages/s in total for ``duration`` s, then drain."""
+        """Send ``rate`` messages/s in total for ``duration`` s, then drain.
+        ``server`` is a ServerProcess or anything with its ``cpu_pids``,
+        ``rss_kb`` and ``hwm_kb`` (scale.py's cluster of processes)."""
         self.run_id += 1
         start_ns = time.monotonic_ns() + 300_000_000
         total_senders = max(1, sum(self.senders))
@@ -465,14 +567,21 @@ class LoadGen:
                 "rate": rate * senders / total_senders, "drain": drain,
             })
         sleep_until_ns(start_ns)
-        before = Snapshot.take(server.pid, self.pids)
+        before = Snapshot.take(server.cpu_pids(), self.pids)
         sleep_until_ns(start_ns + int(duration * 1e9))
-        after = Snapshot.take(server.pid, self.pids)
+        after = Snapshot.take(server.cpu_pids(), self.pids)
         rss, hwm = server.rss_kb(), server.hwm_kb()
         sent_events = self.collect("sent", timeout=duration + 30)
         sent = sum(e["sent"] for e in sent_events)
+        expect: dict[str, Any] = {"cmd": "expect", "run": self.run_id, "messages": sent}
+        if any("by_room" in e for e in sent_events):  # rooms mode: per-room totals
+            by_room: dict[str, int] = {}
+            for e in sent_events:
+                for room, count in e.get("by_room", {}).items():
+                    by_room[room] = by_room.get(room, 0) + count
+            expect["by_room"] = by_room
         for i in range(len(self.procs)):
-            self.send(i, {"cmd": "expect", "run": self.run_id, "messages": sent})
+            self.send(i, expect)
         results = self.collect("result", timeout=drain + 30)
         server_cpu, worker_cpu, machine_busy = cpu_percent(before, after)
         hist = Histogram()
@@ -480,6 +589,9 @@ class LoadGen:
             hist.merge(r["latency"]["counts"], r["latency"]["max_us"])
         receivers = sum(r["receivers"] for r in results)
         delivered = sum(r["delivered"] for r in results)
+        expected = sum(r["expected"] or 0 for r in results) if "by_room" in expect else (
+            sent * receivers
+        )
         first = min((r["first_send_ns"] for r in results if r["first_send_ns"]), default=0)
         last = max((r["last_delivery_ns"] for r in results), default=0)
         window = (last - first) / 1e9 if first and last > first else 0.0
@@ -494,7 +606,7 @@ class LoadGen:
             sent=sent,
             receivers=receivers,
             delivered=delivered,
-            expected=sent * receivers,
+            expected=expected,
             deliveries_per_s=delivered / window if window else 0.0,
             p50_ms=ms(50),
             p90_ms=ms(90),
@@ -513,6 +625,8 @@ class LoadGen:
             compressed_frames=sum(r["compressed_frames"] for r in results),
             min_per_conn=min(r["min_per_conn"] for r in results),
             errors=summed_errors(results),
+            cpu_by_pid=cpu_by_pid(before, after),
+            rooms=rooms_checks(results) if "by_room" in expect else {},
         )
 
     def stop(self) -> list[dict[str, Any]]:
@@ -533,6 +647,25 @@ class LoadGen:
                 proc.kill()
                 proc.wait(timeout=5)
         return byes
+
+
+def rooms_checks(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rooms mode: the workers' per-connection checks and error events, added up."""
+    error_events: dict[str, int] = {}
+    for r in results:
+        for code, n in r.get("error_events", {}).items():
+            error_events[code] = error_events.get(code, 0) + n
+    return {
+        "senders": sum(r.get("senders", 0) for r in results),
+        "short_conns": sum(r.get("short_conns", 0) for r in results),
+        "max_short": max((r.get("max_short", 0) for r in results), default=0),
+        "over_conns": sum(r.get("over_conns", 0) for r in results),
+        "misrouted": sum(r.get("misrouted", 0) for r in results),
+        "not_joined": sum(r.get("not_joined", 0) for r in results),
+        # A worker whose drain ended before the per-room totals arrived.
+        "no_expect": sum(1 for r in results if r.get("expected") is None),
+        "error_events": error_events,
+    }
 
 
 def summed_errors(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -734,11 +867,868 @@ def scenario_saturation(
     return rows
 
 
+# -- the scale scenario --------------------------------------------------------
+#
+# wsnet only: --workers N processes on one port (SO_REUSEPORT) and a Redis
+# backplane, up to 100,000 connections in rooms whose members are spread over
+# load-generator processes and hence over workers, so every room spans workers
+# through Redis. Parts: (a) rooms of 100 at 1 msg/s each, (b) one broadcast to
+# everyone in one room, (c) (a) on one node against two nodes, and a sweep of N.
+
+#: Connections one load-generator process holds at most (~20k open files each).
+SCALE_PER_LOADGEN = 19_000
+#: Descriptors wsnet keeps back from its connection limit (wsnet/config.py).
+WSNET_RESERVED_FDS = 64
+#: SO_REUSEPORT spreads connections by a hash, not exactly: headroom per worker.
+REUSEPORT_SLACK = 1.05
+SCALE_P99_TARGET_MS = 120.0
+#: CPU of everything else on the machine (% of one core) above which a notice
+#: says that the numbers may suffer from it.
+OTHER_BUSY = 25.0
+SCALE_RSS_TARGET_KB = 1_000_000_000 // 1024  # 1 GB (10^9 bytes) in KiB
+#: Started processes get SIGTERM when this process dies, even by SIGKILL (Linux's
+#: PR_SET_PDEATHSIG survives the exec).
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def with_parent_death(argv: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", DIE_WITH_PARENT, *argv]
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the kernel's pick, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_call(port: int, *args: str, timeout: float = 5.0) -> bytes:
+    """One command to a Redis on 127.0.0.1:port; its reply, raw (RESP)."""
+    request = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return reply
+            reply += chunk
+        if reply.startswith(b"$"):  # a bulk string: read all of it
+            head, _, rest = reply.partition(b"\r\n")
+            size = int(head[1:])
+            while size >= 0 and len(rest) < size + 2:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+            return rest[: max(0, size)]
+        return reply
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def kernel_tcp_mem_kb() -> int:
+    """Pages the kernel holds for all TCP sockets' buffers (/proc/net/sockstat), in KB."""
+    try:
+        with open("/proc/net/sockstat") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("mem") + 1]) * PAGE_KB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def ephemeral_ports() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        return 28_000
+    return high - low + 1
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` on a free port: nothing written to disk."""
+
+    def __init__(self) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed (make redis, or apt-get install "
+                               "redis-server)")
+        self.dir = tempfile.TemporaryDirectory(prefix="wsnet-bench-redis-")
+        self.log_path = Path(self.dir.name) / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        for _attempt in range(3):  # the free port may be taken before redis binds it
+            self.port = free_port()
+            with self.log_path.open("ab") as log:
+                self.proc = spawn(with_parent_death([
+                    executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "no", "--dir", self.dir.name,
+                ]), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    if redis_call(self.port, "PING", timeout=1.0).startswith(b"+PONG"):
+                        return
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            self.stop()
+        raise RuntimeError(f"redis-server did not start: {self.log_text()[-1000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def info(self) -> dict[str, str]:
+        """``INFO``'s fields (empty if Redis does not answer)."""
+        try:
+            text = redis_call(self.port, "INFO").decode(errors="replace")
+        except OSError:
+            return {}
+        return dict(
+            line.split(":", 1) for line in text.splitlines() if ":" in line
+            and not line.startswith("#")
+        )
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.proc = None
+
+
+def wsnet_node_command(workers: int, redis_url: str) -> list[str]:
+    """One wsnet node: the benchmark's usual options, ``--workers N`` on Redis."""
+    return with_parent_death([
+        *wsnet_command(False, None), "--workers", str(workers), "--redis", redis_url,
+    ])
+
+
+class Cluster:
+    """A Redis and wsnet nodes on it (``layout``: the workers of each node).
+
+    Looks like a ServerProcess to ``LoadGen.run``: ``cpu_pids`` (every wsnet
+    process and redis-server), ``rss_kb`` and ``hwm_kb`` (their sum). Each
+    ``rss_kb`` call also leaves the breakdown in ``last``.
+    """
+
+    def __init__(self, layout: tuple[int, ...]) -> None:
+        self.layout = layout
+        self.nodes: list[ServerProcess] = []
+        self.known_workers: set[int] = set()
+        self.last: dict[str, Any] = {}
+        self.log_lines: list[str] = []
+        self.redis = RedisProcess()
+        try:
+            for workers in layout:
+                self.nodes.append(ServerProcess(
+                    wsnet_node_command(workers, self.redis.url), start_timeout=60.0,
+                ))
+            self.worker_pids()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve: each node's workers (the node itself when
+        it has one). The parent-death wrapper exec()s, so a node's pid is its own."""
+        pids: list[int] = []
+        for node, workers in zip(self.nodes, self.layout, strict=True):
+            if workers == 1:
+                pids.append(node.pid)
+            else:
+                found = child_pids(node.pid)
+                self.known_workers.update(found)
+                pids += found
+        return pids
+
+    def wsnet_pids(self) -> list[int]:
+        supervisors = [n.pid for n, w in zip(self.nodes, self.layout, strict=True) if w > 1]
+        return supervisors + self.worker_pids()
+
+    def cpu_pids(self) -> list[int]:
+        return [*self.wsnet_pids(), self.redis.pid]
+
+    def rss_kb(self) -> int:
+        workers = self.worker_pids()
+        wsnet = sum(proc_status_kb(p, "VmRSS") or 0 for p in self.wsnet_pids())
+        redis = proc_status_kb(self.redis.pid, "VmRSS") or 0
+        self.last = {
+            "rss_wsnet_kb": wsnet,
+            "rss_redis_kb": redis,
+            "rss_total_kb": wsnet + redis,
+            "worker_rss_kb": [proc_status_kb(p, "VmRSS") or 0 for p in workers],
+            "worker_fds": [open_fds(p) for p in workers],
+            "kernel_tcp_mem_kb": kernel_tcp_mem_kb(),
+        }
+        return wsnet + redis
+
+    def hwm_kb(self) -> int:
+        return sum(proc_status_kb(p, "VmHWM") or 0 for p in self.cpu_pids())
+
+    def problem_lines(self) -> list[str]:
+        """Warnings, errors and tracebacks that the wsnet nodes logged."""
+        lines = []
+        for node in self.nodes:
+            if node.log.closed:
+                continue
+            for line in node.stderr(limit=1 << 20).splitlines():
+                if re.search(r"WARNING|ERROR|CRITICAL|Traceback|Error:", line):
+                    lines.append(line.strip()[:300])
+        return lines
+
+    def stop(self) -> None:
+        self.log_lines = self.problem_lines() or self.log_lines
+        for node in self.nodes:
+            node.stop(timeout=15.0)
+        for pid in self.known_workers:  # a worker that outlived its supervisor
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if b"--worker-of" in cmdline:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        self.redis.stop()
+
+
+@dataclass
+class RoomsSession:
+    """A cluster with connections open in rooms, ready for runs."""
+
+    cluster: Cluster
+    loadgen: LoadGen
+    wanted: int
+    connections: int
+    joined: int
+    rooms: int
+    empty: dict[str, Any]
+    connected: dict[str, Any]
+    handshakes_per_s: float
+    connect_s: float  # first connect to the last join answer
+    connect_cpu: dict[str, float]  # wsnet, redis: % of one core while connecting
+    connect_loadgen_cpu: list[float]
+    connect_errors: dict[str, int]
+    server_log: list[str] = field(default_factory=list)
+
+
+def check_scale_limits(connections: int, layout: tuple[int, ...], loadgens: list[int]) -> None:
+    """Fail clearly, before starting anything, if the descriptor limit or the
+    ephemeral ports cannot hold the connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_worker = math.ceil(connections / sum(layout) * REUSEPORT_SLACK) + 200
+    if soft != resource.RLIM_INFINITY and per_worker + WSNET_RESERVED_FDS > soft:
+        raise RuntimeError(
+            f"{connections:,} connections over {sum(layout)} wsnet workers is up to "
+            f"~{per_worker:,} per worker, more than the open-file limit allows "
+            f"(RLIMIT_NOFILE soft {soft}, hard {hard}, less {WSNET_RESERVED_FDS} reserved): "
+            "use more workers, or raise the hard limit (ulimit -Hn)"
+        )
+    ports = ephemeral_ports()
+    if max(loadgens) > ports - 500:
+        raise RuntimeError(f"{max(loadgens):,} connections from one source address exceed the "
+                           f"{ports:,} ephemeral ports (net.ipv4.ip_local_port_range)")
+
+
+@contextmanager
+def rooms_session(
+    layout: tuple[int, ...],
+    connections: int,
+    rooms: int,
+    scale: Scale,
+    *,
+    sample_stride: int,
+    max_sampled: int,
+    drain: float,
+) -> Iterator[RoomsSession]:
+    """Redis, the wsnet nodes, then ``connections`` clients: client g (over all
+    load generators) joins room ``r{g % rooms}``, so each load generator holds
+    members of every room, and SO_REUSEPORT spreads them over the workers."""
+    workers = max(2, math.ceil(connections / SCALE_PER_LOADGEN))
+    workers = math.ceil(workers / len(layout)) * len(layout)  # the same number per node
+    counts = split(connections, workers)
+    check_scale_limits(connections, layout, counts)
+    if workers > 200:
+        raise RuntimeError("too many load generators (at most 200 source addresses)")
+    offsets = [sum(counts[:i]) for i in range(workers)]
+    # One sender per room; each load generator sends into its share of the rooms.
+    senders = [1] + [0] * (workers - 1) if rooms == 1 else split(rooms, workers)
+    firsts = [sum(senders[:i]) for i in range(workers)]
+    cluster = Cluster(layout)
+    session: RoomsSession | None = None
+    try:
+        time.sleep(1.0)  # let every worker settle (and connect to Redis) before its baseline
+        cluster.rss_kb()
+        empty = dict(cluster.last)
+        loadscale = dataclasses.replace(
+            scale, sample_stride=sample_stride, max_sampled=max_sampled, drain=drain,
+        )
+        connect_timeout = 60 + connections / 500
+        specs = [
+            WorkerSpec(
+                port=cluster.ports[i * len(layout) // workers],
+                connections=counts[i],
+                senders=senders[i],
+                options=[
+                    "--rooms", str(rooms), "--room-offset", str(offsets[i]),
+                    "--sender-room-first", str(firsts[i]),
+                    "--source", f"127.0.0.{2 + i}",  # one source address each
+                    "--max-lifetime", str(int(connect_timeout + 1200)),
+                ],
+            )
+            for i in range(workers)
+        ]
+        loadgen = LoadGen(
+            0, connections, loadscale, deflate=False, senders=sum(senders),
+            connect_timeout=connect_timeout, specs=specs,
+        )
+        try:
+            sleep_until_ns(loadgen.connect_at_ns)
+            before = Snapshot.take(cluster.cpu_pids(), loadgen.pids)
+            readies = loadgen.collect("ready", timeout=connect_timeout + 60)
+            after = Snapshot.take(cluster.cpu_pids(), loadgen.pids)
+            opened = sum(r["connections"] for r in readies)
+            start = min(r["handshake_start_ns"] for r in readies)
+            end = max(r["handshake_end_ns"] for r in readies)
+            joined_at = max([end] + [r.get("join_end_ns", 0) for r in readies])
+            by_pid = cpu_by_pid(before, after)
+            _, loadgen_cpu, machine = cpu_percent(before, after)
+            other = machine * (os.cpu_count() or 1) - sum(by_pid.values()) - sum(loadgen_cpu)
+            time.sleep(scale.hold)
+            cluster.rss_kb()
+            session = RoomsSession(
+                cluster=cluster,
+                loadgen=loadgen,
+                wanted=connections,
+                connections=opened,
+                joined=sum(r.get("joined", 0) for r in readies),
+                rooms=rooms,
+                empty=empty,
+                connected=dict(cluster.last),
+                handshakes_per_s=opened / max(1e-3, (end - start) / 1e9),
+                connect_s=(joined_at - start) / 1e9,
+                connect_cpu={
+                    "wsnet": sum(v for p, v in by_pid.items() if p != cluster.redis.pid),
+                    "redis": by_pid.get(cluster.redis.pid, 0.0),
+                    "other": max(0.0, other),
+                    "machine": machine,
+                },
+                connect_loadgen_cpu=loadgen_cpu,
+                connect_errors=summed_errors(readies),
+            )
+            for r in readies:  # chat error events while joining (e.g. unavailable)
+                for code, n in r.get("error_events", {}).items():
+                    key = f"{code} event"
+                    session.connect_errors[key] = session.connect_errors.get(key, 0) + n
+            yield session
+        finally:
+            loadgen.stop()
+    finally:
+        cluster.stop()
+        if session is not None:
+            session.server_log = cluster.log_lines
+
+
+def layout_label(layout: tuple[int, ...]) -> str:
+    if len(layout) == 1:
+        return f"1 node x {layout[0]} workers" if layout[0] > 1 else "1 node, 1 process"
+    if len(set(layout)) == 1:
+        return f"{len(layout)} nodes x {layout[0]} worker{'s' if layout[0] > 1 else ''}"
+    return " + ".join(f"{w}" for w in layout) + " workers"
+
+
+def rooms_values(s: RoomsSession, r: RunResult | None) -> dict[str, Any]:
+    """Everything measured about one session (and one run of it, if any)."""
+    v: dict[str, Any] = {
+        "layout": layout_label(s.cluster.layout),
+        "nodes": len(s.cluster.layout),
+        "workers": sum(s.cluster.layout),
+        "wanted": s.wanted,
+        "joined": s.joined,
+        "rooms": s.rooms,
+        "handshakes_per_s": round(s.handshakes_per_s),
+        "connect_s": round(s.connect_s, 1),
+        "connect_cpu_wsnet_pct": round(s.connect_cpu["wsnet"], 1),
+        "connect_cpu_redis_pct": round(s.connect_cpu["redis"], 1),
+        "connect_cpu_other_pct": round(s.connect_cpu["other"], 1),
+        "connect_machine_busy_pct": round(s.connect_cpu["machine"], 1),
+        "connect_loadgen_cpu_pct": [round(c, 1) for c in s.connect_loadgen_cpu],
+        "connect_errors": s.connect_errors,
+        "empty_rss_kb": s.empty.get("rss_total_kb", 0),
+        "connected_rss_kb": s.connected.get("rss_total_kb", 0),
+        "connected_worker_fds": s.connected.get("worker_fds", []),
+        "server_log": s.server_log[:20],
+        "server_log_lines": len(s.server_log),
+    }
+    if r is None:
+        return v
+    last = s.cluster.last
+    redis_pid = s.cluster.redis.pid
+    v.update({
+        "sent": r.sent,
+        "receivers": r.receivers,
+        "delivered": r.delivered,
+        "expected": r.expected,
+        "delivered_ratio": round(r.ratio, 6),
+        "deliveries_per_s": round(r.deliveries_per_s),
+        "p50_ms": r.p50_ms,
+        "p90_ms": r.p90_ms,
+        "p99_ms": r.p99_ms,
+        "max_ms": r.max_ms,
+        "samples": r.samples,
+        **r.rooms,
+        "errors": r.errors,
+        "lost_connections": r.lost,
+        "closed_by_server": r.closed_by_server,
+        "cpu_wsnet_pct": round(sum(c for p, c in r.cpu_by_pid.items() if p != redis_pid), 1),
+        "cpu_redis_pct": round(r.cpu_by_pid.get(redis_pid, 0.0), 1),
+        "cpu_worker_pct": [round(r.cpu_by_pid.get(p, 0.0), 1) for p in s.cluster.worker_pids()],
+        "loadgen_cpu_pct": [round(c, 1) for c in r.worker_cpu],
+        "loadgen_busy": r.loadgen_busy,
+        "machine_busy_pct": round(r.machine_busy, 1),
+        # Everything else on the machine meanwhile (other programs, kernel threads,
+        # this orchestrator), in % of one core: a busy machine shows here.
+        "cpu_other_pct": round(max(0.0, r.machine_busy * (os.cpu_count() or 1)
+                                   - sum(r.cpu_by_pid.values()) - sum(r.worker_cpu)), 1),
+        "max_send_lag_ms": r.max_send_lag_ms,
+        "rss_wsnet_kb": last.get("rss_wsnet_kb", 0),
+        "rss_redis_kb": last.get("rss_redis_kb", 0),
+        "rss_total_kb": last.get("rss_total_kb", 0),
+        "hwm_total_kb": r.server_hwm_kb,
+        "worker_rss_kb": last.get("worker_rss_kb", []),
+        "worker_fds": last.get("worker_fds", []),
+        "kernel_tcp_mem_kb": last.get("kernel_tcp_mem_kb", 0),
+    })
+    info = s.cluster.redis.info()
+    v["redis"] = {k: info[k] for k in (
+        "used_memory", "used_memory_peak", "connected_clients", "pubsub_channels",
+        "total_commands_processed", "client_output_buffer_limit_disconnections",
+        "rejected_connections",
+    ) if k in info}
+    return v
+
+
+def scale_rooms_part(
+    part: str, layout: tuple[int, ...], connections: int, window: float, *, scale: Scale,
+    rates: tuple[float, ...], log: Callable[[str], None], idle_window: float = 0.0,
+) -> list[Row]:
+    """(a), (c) and the sweep: rooms of ``room_size``, each receiving ``rate``
+    messages/s, for each rate (ascending: an overloaded run's backlog, if its
+    drain timed out, must not weigh on a lighter one); first, with
+    ``idle_window``, a window without messages."""
+    sizes = scale.big
+    rooms = max(1, connections // sizes.room_size)
+    rows = []
+    with rooms_session(
+        layout, connections, rooms, scale,
+        # 19 is prime to the room counts (multiples of 100): samplers spread over rooms.
+        sample_stride=19, max_sampled=250, drain=sizes.drain,
+    ) as s:
+        log(f"  scale ({part}) {layout_label(layout)}: {s.connections:,} connected, "
+            f"{s.joined:,} joined in {s.connect_s:.1f} s ({s.handshakes_per_s:,.0f} "
+            "handshakes/s)")
+        loads = [(0.0, idle_window)] if idle_window > 0 else []
+        loads += [(rate, window) for rate in sorted(rates)]
+        for rate, seconds in loads:
+            r = s.loadgen.run(s.cluster, rate * rooms, seconds, sizes.drain)
+            values = rooms_values(s, r)
+            values.update({"part": part, "room_size": sizes.room_size, "per_room_rate": rate,
+                           "target_load": rate == sizes.per_room_rate, "window_s": seconds})
+            rows.append(Row("scale", "wsnet", s.connections, values))
+            log(f"  scale ({part}) {values['layout']} at {rate:g} msg/s per room: p50/p99/max "
+                f"{fmt_ms(r.p50_ms)} / {fmt_ms(r.p99_ms)} / {fmt_ms(r.max_ms)}, delivered "
+                f"{r.ratio:.4%}, {fmt_rate(r.deliveries_per_s)} deliveries/s, RSS "
+                f"{fmt_kb(values['rss_total_kb'])}, CPU wsnet {values['cpu_wsnet_pct']:.0f} % "
+                f"redis {values['cpu_redis_pct']:.0f} % other {values['cpu_other_pct']:.0f} %")
+    for row in rows:
+        row.values.update({"server_log": s.server_log[:20], "server_log_lines": len(s.server_log)})
+    return rows
+
+
+def scale_broadcast_part(scale: Scale, log: Callable[[str], None]) -> list[Row]:
+    """(b): everyone in one room (presence is a count), one message at a time;
+    every client measures its latency."""
+    sizes = scale.big
+    rows = []
+    layout = (sizes.workers,)
+    with rooms_session(
+        layout, sizes.connections, 1, scale,
+        sample_stride=1, max_sampled=SCALE_PER_LOADGEN, drain=sizes.broadcast_drain,
+    ) as s:
+        log(f"  scale (b) {layout_label(layout)}: {s.connections:,} connected, "
+            f"{s.joined:,} joined in {s.connect_s:.1f} s ({s.handshakes_per_s:,.0f} "
+            "handshakes/s)")
+        for k in range(sizes.broadcasts):
+            time.sleep(2.0)  # let the presence counts of the joins go out first
+            r = s.loadgen.run(s.cluster, 1.0, 1.0, sizes.broadcast_drain)  # one message
+            values = rooms_values(s, r)
+            values.update({"part": "b", "broadcast": k + 1})
+            rows.append(Row("scale", "wsnet", s.connections, values))
+            log(f"  scale (b) broadcast {k + 1}: {r.delivered:,}/{r.expected:,} delivered, "
+                f"p50/p99/max {fmt_ms(r.p50_ms)} / {fmt_ms(r.p99_ms)} / {fmt_ms(r.max_ms)} "
+                f"over {r.samples:,} clients")
+    for row in rows:
+        row.values.update({"server_log": s.server_log[:20],
+                           "server_log_lines": len(s.server_log)})
+    return rows
+
+
+def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row], list[str]]:
+    """Every part of the scale scenario; a part that fails is a notice, and the
+    others still run."""
+    sizes = scale.big
+    rows: list[Row] = []
+    notices: list[str] = []
+    parts: list[tuple[str, Callable[[], list[Row]]]] = []
+    loads = (*sizes.lighter_rates, sizes.per_room_rate)
+    if "a" in sizes.parts:
+        parts.append(("a", lambda: scale_rooms_part(
+            "a", (sizes.workers,), sizes.connections, sizes.window, scale=scale, rates=loads,
+            idle_window=sizes.idle_window, log=log)))
+    if "b" in sizes.parts:
+        parts.append(("b", lambda: scale_broadcast_part(scale, log)))
+    if "c" in sizes.parts:
+        parts.append(("c", lambda: scale_rooms_part(
+            "c", sizes.nodes, sizes.connections, sizes.window, scale=scale, rates=loads,
+            idle_window=sizes.idle_window, log=log)))
+    if "sweep" in sizes.parts:
+        for n in sizes.sweep:
+            parts.append((f"sweep N={n}", lambda n=n: scale_rooms_part(
+                "sweep", (n,), sizes.sweep_connections, sizes.sweep_window, scale=scale,
+                rates=(sizes.per_room_rate,), log=log,
+            )))
+    for name, part in parts:
+        try:
+            rows += part()
+        except RuntimeError as exc:
+            notice = f"scale ({name}) failed: {exc}"
+            log(f"  {notice}")
+            notices.append(notice)
+        time.sleep(2.0)  # the last session's sockets close before the next starts
+    return rows, notices
+
+
 # -- reporting ---------------------------------------------------------------
+
+
+def scale_errors_cell(v: dict[str, Any]) -> str:
+    """Error events, connection errors and lost connections of one run, or 0."""
+    parts = [f"{code} {n:,}" for code, n in sorted(v.get("error_events", {}).items())]
+    parts += [f"{code} {n:,}" for code, n in sorted(v.get("connect_errors", {}).items())]
+    parts += [f"{code} {n:,}" for code, n in sorted(v.get("errors", {}).items())
+              if code not in v.get("connect_errors", {})]
+    if v.get("lost_connections"):
+        parts.append(f"lost {v['lost_connections']:,}")
+    return ", ".join(parts) or "0"
+
+
+def exact(v: dict[str, Any]) -> bool:
+    """Every message reached exactly its room's members, nothing else arrived."""
+    return (
+        v.get("expected", 0) > 0
+        and v["delivered"] == v["expected"]
+        and not v.get("short_conns")
+        and not v.get("over_conns")
+        and not v.get("misrouted")
+        and v.get("joined", 0) == v.get("wanted")
+    )
+
+
+def delivered_cell(v: dict[str, Any]) -> str:
+    if not v.get("expected"):
+        return "-" if not v.get("delivered") else f"{v['delivered']:,} unexpected"
+    text = f"{v['delivered_ratio']:.4%}"
+    if v.get("short_conns") or v.get("over_conns") or v.get("misrouted"):
+        text += (f" ({v.get('short_conns', 0):,} short, {v.get('over_conns', 0):,} over, "
+                 f"{v.get('misrouted', 0):,} misrouted)")
+    return text
+
+
+def cpu_cell(v: dict[str, Any]) -> str:
+    loadgen = v["loadgen_cpu_pct"]
+    return (f"{v['cpu_wsnet_pct']:.0f} % / {v['cpu_redis_pct']:.0f} % / "
+            f"{sum(loadgen):.0f} % x{len(loadgen)}{' **busy**' if v['loadgen_busy'] else ''} / "
+            f"{v['cpu_other_pct']:.0f} % ({v['machine_busy_pct']:.0f} %)")
+
+
+def rss_cell(v: dict[str, Any]) -> str:
+    return (f"{fmt_kb(v['rss_wsnet_kb'])} + {fmt_kb(v['rss_redis_kb'])} = "
+            f"{fmt_kb(v['rss_total_kb'])}")
+
+
+def scale_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| Layout | Connected (joined) | Rooms x size | Handshakes/s (all joined after) | "
+        "Msg/s per room | Deliveries/s | Latency p50 / p99 / max | Delivered | Errors | "
+        "RSS wsnet + Redis = total | CPU wsnet / Redis / loadgens / other (machine) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        v = row.values
+        lines.append(
+            f"| {v['layout']} | {row.connections:,} ({v['joined']:,}) | "
+            f"{v['rooms']:,} x {v['room_size']} | {v['handshakes_per_s']:,} "
+            f"({v['connect_s']:.0f} s) | {v['per_room_rate']:g} | "
+            f"{fmt_rate(v['deliveries_per_s'])} | "
+            f"{fmt_ms(v['p50_ms'])} / {fmt_ms(v['p99_ms'])} / {fmt_ms(v['max_ms'])} | "
+            f"{delivered_cell(v)} | {scale_errors_cell(v)} | {rss_cell(v)} | {cpu_cell(v)} |"
+        )
+    return lines
+
+
+def scale_targets(v: dict[str, Any]) -> str:
+    p99 = v.get("p99_ms")
+    p99_ok = p99 is not None and p99 <= SCALE_P99_TARGET_MS
+    rss_ok = v["rss_total_kb"] <= SCALE_RSS_TARGET_KB
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    return (
+        f"p99 {fmt_ms(p99)} (target <= {SCALE_P99_TARGET_MS:g} ms): {verdict(p99_ok)}; "
+        f"delivered {v['delivered']:,} of {v['expected']:,}, every connection exactly its "
+        f"room's messages: {verdict(exact(v))}; total RSS {v['rss_total_kb'] / 1024:,.0f} MiB "
+        f"= {v['rss_total_kb'] * 1024 / 1e9:.2f} GB (target <= 1 GB): {verdict(rss_ok)} "
+        f"(peak, VmHWM summed: {v['hwm_total_kb'] * 1024 / 1e9:.2f} GB)"
+    )
+
+
+def workers_line(v: dict[str, Any]) -> str:
+    fds = v.get("worker_fds") or []
+    rss = v.get("worker_rss_kb") or []
+    cpu = v.get("cpu_worker_pct") or []
+    if not fds:
+        return ""
+    return (f"open files per worker {min(fds):,}-{max(fds):,}, RSS per worker "
+            f"{fmt_kb(min(rss))}-{fmt_kb(max(rss))}, CPU per worker "
+            f"{min(cpu, default=0):.0f}-{max(cpu, default=0):.0f} %; kernel TCP buffers "
+            f"{fmt_kb(v.get('kernel_tcp_mem_kb', 0))} (not in RSS)")
+
+
+def target_row(rows: list[Row]) -> Row:
+    """The run at the target load (the heaviest one run)."""
+    marked = [r for r in rows if r.values.get("target_load")]
+    return marked[0] if marked else max(rows, key=lambda r: r.values["per_room_rate"])
+
+
+def holds(v: dict[str, Any]) -> bool:
+    return exact(v) and v["p99_ms"] is not None and v["p99_ms"] <= SCALE_P99_TARGET_MS
+
+
+def held_line(rows: list[Row]) -> list[str]:
+    """The heaviest load that met the latency target with every message delivered."""
+    if len(rows) < 2:
+        return []
+    held = [r for r in rows if holds(r.values)]
+    if not held:
+        return ["", f"No load tried met p99 <= {SCALE_P99_TARGET_MS:g} ms with every message "
+                "delivered."]
+    best = max(held, key=lambda r: r.values["per_room_rate"])
+    v = best.values
+    return ["", f"Heaviest load that met p99 <= {SCALE_P99_TARGET_MS:g} ms with every message "
+            f"delivered: {v['per_room_rate']:g} msg/s per room ({fmt_rate(v['deliveries_per_s'])} "
+            f"deliveries/s, p99 {fmt_ms(v['p99_ms'])})."]
+
+
+def scale_report(rows: list[Row]) -> list[str]:
+    by_part: dict[str, list[Row]] = {}
+    for row in rows:
+        by_part.setdefault(row.values["part"], []).append(row)
+    out = [
+        "Each worker of `--workers N` is a node of its own on one Redis (`--redis`), and "
+        "every room has members on every worker: client g joins room `r{g % rooms}`, the "
+        "load generators hold consecutive blocks of g, and SO_REUSEPORT spreads each "
+        "generator's connections over the workers. Latency: send to receipt on sampled "
+        "receivers (every 19th client, at most 250 per load generator; in (b) every "
+        "client). Delivered: deliveries of each room's own marker counted on every "
+        "receiver / (messages sent into its room, summed over receivers). CPU: % of one "
+        "core over the sending window; other: everything else on the machine (other programs, "
+        "kernel threads); machine: both cores busy. RSS: all wsnet processes + "
+        "redis-server at the end of the window.",
+    ]
+    if "a" in by_part:
+        target = target_row(by_part["a"])
+        v = target.values
+        out += ["", f"### (a) {target.connections:,} connections in {v['rooms']:,} "
+                f"rooms of {v['room_size']}, target {v['per_room_rate']:g} msg/s per room "
+                f"({v['window_s']:g} s windows)", "", *scale_table(by_part["a"]), "",
+                f"Targets at {v['per_room_rate']:g} msg/s per room: {scale_targets(v)}."]
+        out += held_line(by_part["a"])
+        line = workers_line(v)
+        if line:
+            out += ["", f"Workers at {v['per_room_rate']:g} msg/s per room: {line}."]
+    if "b" in by_part:
+        first = by_part["b"][0]
+        v0 = first.values
+        out += ["", f"### (b) one message to {first.connections:,} clients in one room "
+                f"({v0['layout']}, presence as a count)", "",
+                f"Connected {first.connections:,} (joined {v0['joined']:,}) at "
+                f"{v0['handshakes_per_s']:,} handshakes/s, all joined after "
+                f"{v0['connect_s']:.0f} s.", "",
+                "| Broadcast | Receivers | Delivered | Time to receipt p50 | p99 | "
+                "max (the last client) | Errors | RSS total | CPU wsnet / Redis / loadgens / other "
+                "(machine) |",
+                "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for row in by_part["b"]:
+            v = row.values
+            out.append(
+                f"| {v['broadcast']} | {v['receivers']:,} | {delivered_cell(v)} | "
+                f"{fmt_ms(v['p50_ms'])} | {fmt_ms(v['p99_ms'])} | {fmt_ms(v['max_ms'])} | "
+                f"{scale_errors_cell(v)} | {fmt_kb(v['rss_total_kb'])} | {cpu_cell(v)} |"
+            )
+        out += ["", "Latency here is over every client (samples = receivers); CPU is over "
+                "the one-second sending window."]
+    if "c" in by_part:
+        ones = {r.values["per_room_rate"]: r for r in by_part.get("a", [])}
+        interleaved = []
+        for row in by_part["c"]:
+            one = ones.get(row.values["per_room_rate"])
+            interleaved += [one, row] if one is not None else [row]
+        pair = [r for r in (ones.get(target_row(by_part["c"]).values["per_room_rate"]),
+                            target_row(by_part["c"])) if r is not None]
+        out += ["", "### (c) one node against two nodes on the same Redis", "",
+                "The one-node rows are run (a); the two-node rows are the same load with two "
+                "supervisors (`--workers` half each) on two ports, the load generators split "
+                "between them, every room still spanning both nodes.", "",
+                *scale_table(interleaved), ""]
+        out += ["| At the target load | " + " | ".join(r.values["layout"] for r in pair) + " |",
+                "|---|" + "---:|" * len(pair)]
+        metrics: list[tuple[str, Callable[[Row], str]]] = [
+            ("Connected (joined)", lambda r: f"{r.connections:,} ({r.values['joined']:,})"),
+            ("Handshakes/s (all joined after)",
+             lambda r: f"{r.values['handshakes_per_s']:,} ({r.values['connect_s']:.0f} s)"),
+            ("Deliveries/s", lambda r: fmt_rate(r.values["deliveries_per_s"])),
+            ("Latency p50 / p99 / max", lambda r: " / ".join(
+                fmt_ms(r.values[k]) for k in ("p50_ms", "p99_ms", "max_ms"))),
+            ("Delivered", lambda r: delivered_cell(r.values)),
+            ("Errors", lambda r: scale_errors_cell(r.values)),
+            ("RSS wsnet + Redis = total", lambda r: rss_cell(r.values)),
+            ("CPU wsnet / Redis / loadgens / other (machine)", lambda r: cpu_cell(r.values)),
+            ("Open files per worker", lambda r: "{:,}-{:,}".format(
+                min(r.values["worker_fds"] or [0]), max(r.values["worker_fds"] or [0]))),
+        ]
+        for name, cell in metrics:
+            out.append(f"| {name} | " + " | ".join(cell(r) for r in pair) + " |")
+        out += ["", "Targets, two nodes: " + scale_targets(target_row(by_part["c"]).values) + "."]
+        out += held_line(by_part["c"])
+    if "sweep" in by_part:
+        sweep = by_part["sweep"]
+        v = sweep[0].values
+        out += ["", f"### Workers: N = {', '.join(str(r.values['workers']) for r in sweep)} at "
+                f"{sweep[0].connections:,} connections ({v['rooms']:,} rooms of "
+                f"{v['room_size']}, {v['window_s']:g} s)", "", *scale_table(sweep)]
+        good = [r for r in sweep if exact(r.values) and r.values["p99_ms"] is not None]
+        if good:
+            best = min(good, key=lambda r: (r.values["p99_ms"], r.values["cpu_wsnet_pct"]))
+            thrifty = min(good, key=lambda r: r.values["cpu_wsnet_pct"])
+            p99s = [r.values["p99_ms"] for r in good]
+            out += ["", f"With every message delivered: p99 from {fmt_ms(min(p99s))} to "
+                    f"{fmt_ms(max(p99s))}, lowest at N = {best.values['workers']}; least wsnet "
+                    f"CPU at N = {thrifty.values['workers']} "
+                    f"({thrifty.values['cpu_wsnet_pct']:.0f} % of one core, against "
+                    f"{max(r.values['cpu_wsnet_pct'] for r in good):.0f} % at most). "
+                    "A few ms of p99 are within run-to-run noise."]
+    return out
+
+
+def scale_notices(row: Row) -> list[str]:
+    v = row.values
+    where = f"scale ({v['part']}{' ' + str(v['broadcast']) if 'broadcast' in v else ''}) / " \
+        f"{v['layout']} / {row.connections:,}"
+    if "broadcast" not in v and "per_room_rate" in v:
+        where += f" x {v['per_room_rate']:g}/s per room"
+    notes = []
+    if row.connections < v["wanted"] or v.get("connect_errors"):
+        notes.append(f"{v['wanted'] - row.connections:,} connections missing, connect errors "
+                     f"{v.get('connect_errors')}")
+    if v["joined"] < row.connections:
+        notes.append(f"{row.connections - v['joined']:,} connections never got their join answer")
+    if v.get("error_events"):
+        notes.append(f"error events received: {v['error_events']}")
+    if v.get("lost_connections"):
+        notes.append(f"{v['lost_connections']} connections lost during the run "
+                     f"({v['closed_by_server']} closed by the server)")
+    if v.get("short_conns") or v.get("over_conns") or v.get("misrouted"):
+        notes.append(f"{v.get('short_conns', 0):,} connections missed messages (at most "
+                     f"{v.get('max_short', 0)} each), {v.get('over_conns', 0):,} got extra, "
+                     f"{v.get('misrouted', 0):,} deliveries of other rooms")
+    if v.get("no_expect"):
+        notes.append(f"{v['no_expect']} load generators ended their drain without totals")
+    if v.get("loadgen_busy"):
+        notes.append("a load generator was near 100 % of a core: it may be the bottleneck")
+    if v.get("max_send_lag_ms", 0) > 100:
+        notes.append(f"senders fell up to {v['max_send_lag_ms']:.0f} ms behind schedule")
+    if v.get("cpu_other_pct", 0) > OTHER_BUSY or v.get("connect_cpu_other_pct", 0) > OTHER_BUSY:
+        notes.append(f"the machine was busy with other work: {v.get('cpu_other_pct', 0):.0f} % of "
+                     f"a core while sending, {v.get('connect_cpu_other_pct', 0):.0f} % while "
+                     "connecting (numbers may be pessimistic)")
+    redis = v.get("redis", {})
+    if int(redis.get("client_output_buffer_limit_disconnections", 0) or 0):
+        notes.append("Redis disconnected a subscriber over its output buffer limit "
+                     f"({redis['client_output_buffer_limit_disconnections']} times)")
+    if v.get("server_log_lines") and v.get("broadcast", 1) == 1:
+        notes.append(f"wsnet logged {v['server_log_lines']} warning/error lines, first: "
+                     f"{v['server_log'][0]}")
+    return [f"{where}: {n}" for n in notes]
 
 
 def row_notices(row: Row) -> list[str]:
     """What a reader of one row must know to trust it (or not)."""
+    if row.scenario == "scale":
+        return scale_notices(row)
     v = row.values
     where = f"{row.scenario} / {row.server} / {row.connections:,}" + (
         f" x {v['rate']:g}/s" if "rate" in v else ""
@@ -919,6 +1909,7 @@ TITLES = {
     f"{SATURATION_P99_MS:g} ms or delivered < {SATURATION_DELIVERED:.0%}",
     "deflate": "Deflate: the broadcast scenarios, every client negotiating permessage-deflate",
     "flush": "wsnet flush interval: 0 (every loop turn) vs 50 ms ticks",
+    "scale": "Scale: wsnet --workers N on one Redis, rooms spanning workers",
 }
 
 
@@ -939,6 +1930,9 @@ def report(results: dict[str, Any], rows: dict[str, list[Row]]) -> str:
     ]
     for scenario, scenario_rows in rows.items():
         if not scenario_rows:
+            continue
+        if scenario == "scale":
+            out += ["", f"## {TITLES[scenario]}", "", *scale_report(scenario_rows)]
             continue
         out += ["", f"## {TITLES[scenario]}", "", *table(scenario_rows, scenario)]
         if scenario == "saturation":
@@ -1065,11 +2059,35 @@ def main(argv: list[str] | None = None) -> int:
                    help="every k-th client measures latency (default 20: 5 %%)")
     p.add_argument("--max-sampled", type=int, default=25,
                    help="at most this many latency-measuring clients per worker (default 25)")
+    g = p.add_argument_group("the scale scenario (defaults: those of --quick or the full run)")
+    g.add_argument("--scale-parts", help="comma-separated subset of a,b,c,sweep")
+    g.add_argument("--scale-connections", type=int, help="connections of (a), (b) and (c)")
+    g.add_argument("--scale-workers", type=int, help="--workers N of the node in (a) and (b)")
+    g.add_argument("--scale-nodes", help="(c): workers of each node, e.g. 3,3")
+    g.add_argument("--scale-window", type=float, help="seconds of sending in (a) and (c)")
+    g.add_argument("--scale-sweep", help="worker counts of the sweep, e.g. 2,3,4,5,6 ('' for none)")
+    g.add_argument("--scale-sweep-connections", type=int, help="connections of the sweep")
+    g.add_argument("--scale-broadcasts", type=int, help="(b): how many single broadcasts")
     args = p.parse_args(argv)
+    base = QUICK if args.quick else FULL
+    big = base.big
+    for option, name, convert in (
+        ("scale_parts", "parts", lambda v: tuple(x for x in v.split(",") if x)),
+        ("scale_connections", "connections", None),
+        ("scale_workers", "workers", None),
+        ("scale_nodes", "nodes", lambda v: tuple(int(x) for x in v.split(",") if x)),
+        ("scale_window", "window", None),
+        ("scale_sweep", "sweep", lambda v: tuple(int(x) for x in v.split(",") if x)),
+        ("scale_sweep_connections", "sweep_connections", None),
+        ("scale_broadcasts", "broadcasts", None),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            big = dataclasses.replace(big, **{name: convert(value) if convert else value})
+    if not set(big.parts) <= {"a", "b", "c", "sweep"}:
+        p.error("--scale-parts: a subset of a,b,c,sweep")
     scale = dataclasses.replace(
-        QUICK if args.quick else FULL,
-        sample_stride=args.sample_stride,
-        max_sampled=args.max_sampled,
+        base, sample_stride=args.sample_stride, max_sampled=args.max_sampled, big=big,
     )
     scenarios = [s for s in args.scenarios.split(",") if s]
     servers = [s for s in args.servers.split(",") if s]
@@ -1080,6 +2098,30 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SERVERS:
             p.error(f"unknown server {name!r}")
 
+    # Children inherit this: wsnet workers hold up to ~19k sockets each.
+    try:
+        raise_nofile(4096)
+    except SystemExit as exc:
+        p.error(str(exc))
+
+    def terminated(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through every finally: nothing is left running
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        return run_all(args, scale, scenarios, servers)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        killed = reap_all()
+        if killed:
+            print(f"killed leftover processes {killed}", file=sys.stderr, flush=True)
+
+
+def run_all(
+    args: argparse.Namespace, scale: Scale, scenarios: list[str], servers: list[str],
+) -> int:
     notices: list[str] = []
     if any(s.startswith("node") for s in servers):
         notice = ensure_node_ws()
@@ -1093,7 +2135,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "quick": args.quick,
-        "scale": scale.__dict__,
+        "scale": dataclasses.asdict(scale),
         "machine": machine_info(),
         "servers": [k.name for k in kinds],
         "notices": notices,
@@ -1109,10 +2151,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f" scenario {scenario}")
         rows[scenario] = []
         for kind in kinds:
-            if scenario == "flush" and kind.name != "wsnet":
+            if scenario in ("flush", "scale") and kind.name != "wsnet":
                 continue
             try:
-                if scenario == "idle":
+                if scenario == "scale":
+                    scale_rows, scale_problems = scenario_scale(scale, log)
+                    rows[scenario] += scale_rows
+                    notices += scale_problems
+                elif scenario == "idle":
                     rows[scenario] += scenario_idle(kind, scale, log)
                 elif scenario == "broadcast":
                     rows[scenario] += scenario_broadcast(kind, scale, log)
@@ -1143,21 +2189,40 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / f"{stamp}.png"
-    notice = chart(rows, png)
-    if notice:
-        print(f"notice: {notice}")
-        notices.append(notice)
-    else:
-        shutil.copyfile(png, args.out / "latest.png")
-        results["chart"] = png.name
-    markdown = report(results, rows)
-    (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "latest.md").write_text(markdown)
-    print()
-    print(markdown)
-    print(f"results: {args.out / (stamp + '.json')}, {args.out / 'latest.md'}"
-          + ("" if notice else f", {png}"))
+    written = []
+    if rows.get("scale"):
+        # The scale scenario also has files of its own, so that a run of it
+        # alone (--scenarios scale) leaves latest.md to the whole benchmark.
+        scale_results = {
+            **results,
+            "scenarios": {"scale": results["scenarios"]["scale"]},
+            "notices": [n for n in notices if n.startswith("scale")],
+        }
+        markdown = report(scale_results, {"scale": rows["scale"]})
+        for name, text in ((f"scale-{stamp}.json", json.dumps(scale_results, indent=1) + "\n"),
+                           (f"scale-{stamp}.md", markdown)):
+            (args.out / name).write_text(text)
+            written.append(args.out / name)
+        if scenarios == ["scale"]:
+            print()
+            print(markdown)
+    if scenarios != ["scale"]:
+        png = args.out / f"{stamp}.png"
+        notice = chart(rows, png)
+        if notice:
+            print(f"notice: {notice}")
+            notices.append(notice)
+        else:
+            shutil.copyfile(png, args.out / "latest.png")
+            results["chart"] = png.name
+            written.append(png)
+        markdown = report(results, rows)
+        (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=1) + "\n")
+        (args.out / "latest.md").write_text(markdown)
+        written += [args.out / f"{stamp}.json", args.out / "latest.md"]
+        print()
+        print(markdown)
+    print("results: " + ", ".join(str(w) for w in written))
     print(f"elapsed: {results['elapsed_s']} s")
     return 0
 
