@@ -278,6 +278,23 @@ def test_auth_secret_file_with_the_echo_app_is_an_error(tmp_path: Path) -> None:
     assert "applies to the chat app" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--app", "echo", "--redis", "redis://127.0.0.1:6379/0"], "applies to the chat app"),
+        (["--redis", "http://127.0.0.1/"], "not a redis://"),
+        (["--node-ttl", "0"], "--node-ttl must be > 0"),
+    ],
+)
+def test_backplane_options_are_checked(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "wsnet", *args],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
 def test_tls_context_refuses_renegotiation_and_old_versions(tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")

@@ -239,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
         return 0
     app_class = APPS[args.app]
+    if args.redis and app_class is not ChatApp:
+        parser.error(f"--redis applies to the chat app, not --app {args.app}")
+    if args.node_ttl <= 0:
+        parser.error("--node-ttl must be > 0")
     if secret is not None and app_class is not ChatApp:
         if args.auth_secret_file is not None:
             parser.error(f"--auth-secret-file applies to the chat app, not --app {args.app}")
