@@ -29,8 +29,14 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import hiredis
-from conftest import RedisServer, ServerFactory, ServerProcess, http_get, run, ws_connect
+import pytest
+from support.chat import run, ws_connect
+from support.procs import RedisServer
+from support.rawclient import http_get
+from support.servers import ServerFactory, ServerProcess
 from websockets.asyncio.client import ClientConnection
+
+pytestmark = pytest.mark.live
 
 Event = dict[str, Any]
 

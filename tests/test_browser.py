@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import RedisServer, ServerFactory
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -35,6 +34,10 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from support.procs import RedisServer
+from support.servers import ServerFactory
+
+pytestmark = pytest.mark.live
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [

@@ -7,22 +7,10 @@ import tracemalloc
 import zlib
 
 import pytest
-from helpers import (
-    OP_BINARY,
-    OP_CONTINUATION,
-    OP_PING,
-    OP_TEXT,
-    ClientPeer,
-    byte_by_byte,
-    close_code_of,
-    drain,
-    feed_session,
-    new_session,
-    raw_frame,
-    split_at,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.peer import ClientPeer, close_code_of, drain, feed_session, new_session
+from support.wire import OP_BINARY, OP_CONT, OP_PING, OP_TEXT, byte_by_byte, raw_frame, split_at
 from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     enable_client_permessage_deflate,
@@ -363,7 +351,7 @@ BAD_DEFLATE: list[tuple[str, bytes, int]] = [
     (
         "RSV1 on continuation",
         raw_frame(OP_TEXT, compressed(b"a"), fin=False, rsv1=True)
-        + raw_frame(OP_CONTINUATION, compressed(b"b"), rsv1=True),
+        + raw_frame(OP_CONT, compressed(b"b"), rsv1=True),
         1002,
     ),
     ("RSV1 on ping", raw_frame(OP_PING, b"", rsv1=True), 1002),

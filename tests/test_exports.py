@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import wsnet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +22,7 @@ DOCUMENTED = {
     "Request",
     "Response",
     "Server",
+    "TimerHandle",
     "__version__",
 }
 
@@ -41,10 +44,11 @@ def test_exported_objects() -> None:
     assert isinstance(wsnet.__version__, str)
     assert all(part.isdigit() for part in wsnet.__version__.split("."))
     assert int(wsnet.CloseCode.MESSAGE_TOO_BIG) == 1009
-    for name in ("Config", "Connection", "Handler", "Request", "Response", "Server"):
+    for name in ("Config", "Connection", "Handler", "Request", "Response", "Server", "TimerHandle"):
         assert isinstance(getattr(wsnet, name), type), name
 
 
+@pytest.mark.live
 def test_import_pulls_in_no_optional_packages() -> None:
     code = (
         "import json, sys\n"

@@ -4,9 +4,9 @@ client decoder (which also rejects non-minimal length encodings)."""
 from __future__ import annotations
 
 import pytest
-from helpers import ClientPeer
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.peer import ClientPeer
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
 from wsnet._deflate import negotiate

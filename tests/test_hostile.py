@@ -32,35 +32,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from support.chat import recv_json, ws_connect
+from support.chat import run as run_bounded
+from support.procs import REPO, python_env, read_line
+from support.rawclient import ConnectionEnded, RawClient
+from support.servers import ServerFactory, ServerProcess, ThreadedServer, start_server
+from support.wire import (
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    REPO,
-    ConnectionEnded,
     HttpResponse,
-    RawClient,
-    ServerFactory,
-    ServerProcess,
-    ThreadedServer,
-    _read_line_with_deadline,
-    _server_env,
+    build_frame,
     parse_frames,
     parse_http_head,
-    recv_json,
-    start_server,
     upgrade_request,
-    ws_connect,
 )
-from conftest import (
-    run as run_bounded,
-)
-from helpers import build_frame
 
 from wsnet import Config
 from wsnet.chat import ChatApp
+
+pytestmark = pytest.mark.live
 
 InProcessFactory = Callable[..., ThreadedServer]
 Event = dict[str, Any]
@@ -176,10 +169,10 @@ def configured_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
                 stdout=subprocess.PIPE,
                 stderr=err,
                 cwd=REPO,
-                env=_server_env(),
+                env=python_env(),
             )
         try:
-            line = _read_line_with_deadline(proc, time.monotonic() + 15)
+            line = read_line(proc, time.monotonic() + 15)
             port = int(line.rsplit(":", 1)[1].rstrip("/"))
         except BaseException:
             proc.kill()
@@ -241,7 +234,7 @@ def test_slowloris_one_byte_at_a_time_is_cut_at_the_timeout_from_connect(
     deadline: it runs from the connect, not from the last byte."""
     timeout = 1.5
     server = inprocess_server(ChatApp(), handshake_timeout=timeout, flush_interval=0.01)
-    request, _key = upgrade_request(server.port)
+    request = upgrade_request(server.port)
     start = time.monotonic()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     sent = 0
@@ -982,7 +975,7 @@ def upgrade_status(port: int, source: str = "127.0.0.1") -> tuple[int, dict[str,
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     with RawClient(port, sock=sock) as client:
-        client.send(upgrade_request(port)[0])
+        client.send(upgrade_request(port))
         return client.read_http_head()
 
 
@@ -1086,7 +1079,7 @@ def test_half_closed_peers_are_closed_and_their_last_message_delivered(
         # FIN right behind the upgrade request, before the 101 was read: the
         # request was whole, so it is answered, and then the socket is closed.
         with RawClient(server.port) as early:
-            early.send(upgrade_request(server.port)[0])
+            early.send(upgrade_request(server.port))
             early.sock.shutdown(socket.SHUT_WR)
             assert early.read_until_eof(3).startswith(b"HTTP/1.1 101 ")
         # Vanished without a close frame.
@@ -1115,7 +1108,7 @@ def abort_cycles(port: int, count: int, *, batch: int = 50, timeout: float = 60.
     """``count`` connections, each aborted in one of ABORT_MODES (round robin),
     ``batch`` of them open at a time."""
     done: Counter[str] = Counter()
-    request = upgrade_request(port, "/?name=cycler")[0]
+    request = upgrade_request(port, "/?name=cycler")
     partial = request[: len(request) // 2]
     deadline = time.monotonic() + timeout
     for first in range(0, count, batch):

@@ -13,25 +13,14 @@ import zlib
 from typing import Any
 
 import pytest
-from conftest import (
-    OP_BINARY,
-    OP_TEXT,
-    Frame,
-    RawClient,
-    RawClientFactory,
-    ServerFactory,
-    ServerProcess,
-    http_get,
-    inflate_message,
-    read_response,
-    recv_json,
-    run,
-    welcome,
-    ws_connect,
-)
-from helpers import build_frame
+from support.chat import recv_json, run, welcome, ws_connect
+from support.rawclient import RawClient, RawClientFactory, http_get, read_response
+from support.servers import ServerFactory, ServerProcess
+from support.wire import OP_BINARY, OP_TEXT, Frame, build_frame, inflate_message
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+
+pytestmark = pytest.mark.live
 
 Event = dict[str, Any]
 

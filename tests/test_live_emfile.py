@@ -11,7 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
+
+pytestmark = pytest.mark.live
 
 FD_LIMIT = 48
 

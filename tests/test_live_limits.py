@@ -18,33 +18,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.chat import recv_json, ws_connect
+from support.chat import run as run_bounded
+from support.rawclient import ConnectionEnded, RawClient, RawClientFactory, http_get, read_response
+from support.servers import ServerFactory, launch
+from support.wire import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
-    ConnectionEnded,
-    RawClient,
-    RawClientFactory,
-    ServerFactory,
-    http_get,
-    launch,
+    build_frame,
     parse_frames,
-    read_response,
-    recv_json,
     upgrade_request,
-    ws_connect,
 )
-from conftest import (
-    run as run_bounded,
-)
-from helpers import build_frame
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
+
+pytestmark = pytest.mark.live
 
 Event = dict[str, Any]
 KIB = 1024
@@ -274,7 +268,7 @@ def test_connection_cap_answers_503(server_factory: ServerFactory) -> None:
             async with ws_connect(server.url) as b:
                 await recv_json(b)
                 with RawClient(server.port) as third:
-                    third.send(upgrade_request(server.port)[0])
+                    third.send(upgrade_request(server.port))
                     response = read_response(third)
                 assert response.status == 503
                 assert "retry-after" in response.headers

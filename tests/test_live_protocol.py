@@ -17,29 +17,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from support.chat import recv_json, run, ws_connect
+from support.rawclient import RawClient, RawClientFactory, read_response
+from support.servers import ServerFactory, ServerProcess, ThreadedServer, start_server
+from support.wire import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_TEXT,
-    RawClient,
-    RawClientFactory,
-    ServerFactory,
-    ServerProcess,
-    ThreadedServer,
+    build_frame,
     parse_frames,
-    read_response,
-    recv_json,
-    run,
-    start_server,
     upgrade_request,
-    ws_connect,
 )
-from helpers import build_frame
 from websockets.exceptions import ConnectionClosed
 
 from wsnet.chat import ChatApp
+
+pytestmark = pytest.mark.live
 
 InProcessFactory = Callable[..., ThreadedServer]
 
@@ -67,7 +62,7 @@ def exchange(port: int, data: bytes, *, timeout: float = 5.0) -> tuple[int, dict
 
 
 def _request(port: int, **kwargs: Any) -> bytes:
-    return upgrade_request(port, **kwargs)[0]
+    return upgrade_request(port, **kwargs)
 
 
 def _without(request: bytes, header: bytes) -> bytes:

@@ -18,9 +18,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from conftest import OP_TEXT, RawClient, ServerFactory, ServerProcess, http_get, run, ws_connect
-from helpers import build_frame
+from support.chat import run, ws_connect
+from support.rawclient import RawClient, http_get
+from support.servers import ServerFactory, ServerProcess
+from support.wire import OP_TEXT, build_frame
 from websockets.asyncio.client import ClientConnection
+
+pytestmark = pytest.mark.live
 
 Event = dict[str, Any]
 

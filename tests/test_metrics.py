@@ -13,33 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
-    OP_PONG,
-    RawClient,
-    RawClientFactory,
-    ServerProcess,
-    ThreadedServer,
-    http_get,
-    parse_http_head,
-    read_response,
-    recv_json,
-    run,
-    upgrade_request,
-    welcome,
-    ws_connect,
-)
 from prometheus_client.parser import text_string_to_metric_families
+from support.chat import recv_json, run, welcome, ws_connect
+from support.rawclient import RawClient, RawClientFactory, http_get, read_response
+from support.servers import ServerProcess, ThreadedServer
+from support.wire import OP_PONG, parse_http_head, upgrade_request
 from websockets.asyncio.client import ClientConnection
 
 import wsnet
-from wsnet._metrics import (
+from wsnet._server_metrics import ServerMetrics, close_code_label
+from wsnet.metrics import (
     CONTENT_TYPE,
     Counter,
     Gauge,
     Histogram,
     Metric,
-    ServerMetrics,
-    close_code_label,
     render,
 )
 
@@ -275,7 +263,7 @@ async def until_message(ws: ClientConnection, text: str, timeout: float = 5.0) -
 def test_chat_metrics_follow_traffic(chat_server: ServerProcess) -> None:
     port = chat_server.port
     with RawClient(port) as client:  # one refused upgrade: wrong version
-        client.send(upgrade_request(port, version="8")[0])
+        client.send(upgrade_request(port, version="8"))
         assert read_response(client).status == 426
     messages = 6
 

@@ -7,6 +7,7 @@ import re
 import threading
 from pathlib import Path
 
+import pytest
 from websockets.asyncio.client import connect
 
 import wsnet
@@ -27,6 +28,7 @@ def test_example_is_short() -> None:
     assert len(lines) < 20
 
 
+@pytest.mark.live
 def test_example_runs_and_broadcasts() -> None:
     source = embedding_example()
     last = source.rstrip().splitlines()[-1]

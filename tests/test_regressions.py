@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import ServerFactory, ThreadedServer
-from helpers import close_code_of, feed_session, raw_frame
+from support.peer import close_code_of, feed_session
+from support.servers import ServerFactory, ThreadedServer
+from support.wire import raw_frame
 from websockets.asyncio.client import connect
 
 import wsnet
@@ -267,6 +268,7 @@ def test_one_address_cannot_hold_more_than_twice_its_limit_in_sockets(
             sock.close()
 
 
+@pytest.mark.live
 def test_auth_secret_file_with_the_echo_app_is_an_error(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(b"s3cret\n")
@@ -278,6 +280,7 @@ def test_auth_secret_file_with_the_echo_app_is_an_error(tmp_path: Path) -> None:
     assert "applies to the chat app" in proc.stderr
 
 
+@pytest.mark.live
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -3,7 +3,7 @@
 Each class mirrors one Autobahn|Testsuite category (../shared/tools/autobahn/README.md)
 so that ``make test`` catches a conformance regression without running Autobahn.
 Everything goes over real sockets on 127.0.0.1 to one ``python -m wsnet --app echo``
-per module. Raw frames come from conftest's ``build_frame`` and ``RawClient``
+per module. Raw frames come from ``support.wire.build_frame`` and ``support.rawclient.RawClient``
 (every read has a deadline); the ``websockets`` client is the independent peer for
 permessage-deflate.
 
@@ -25,7 +25,13 @@ from functools import partial
 from typing import Any
 
 import pytest
-from conftest import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.chat import run as run_bounded
+from support.chat import ws_connect
+from support.rawclient import RawClient
+from support.servers import ServerProcess, start_server
+from support.wire import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
@@ -33,25 +39,16 @@ from conftest import (
     OP_PONG,
     OP_TEXT,
     Frame,
-    RawClient,
-    ServerProcess,
+    build_frame,
     parse_frame,
     parse_frames,
-    start_server,
-    ws_connect,
 )
-from conftest import (
-    run as run_bounded,
-)
-from helpers import build_frame
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     PerMessageDeflate,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.live, pytest.mark.timeout(120)]
 
 #: Every wait for the server has this deadline (seconds).
 DEADLINE = 5.0

@@ -31,27 +31,13 @@ from urllib.parse import quote, unquote
 
 import pytest
 import trustme
-from conftest import (
-    OP_CLOSE,
-    REPO,
-    STARTUP_DEADLINE,
-    HttpResponse,
-    RawClient,
-    ServerFactory,
-    ServerProcess,
-    ThreadedServer,
-    _read_line_with_deadline,
-    _server_env,
-    launch,
-    parse_http_head,
-    recv_json,
-    run,
-    upgrade_request,
-    welcome,
-    ws_connect,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.chat import recv_json, run, welcome, ws_connect
+from support.procs import REPO, python_env, read_line
+from support.rawclient import RawClient
+from support.servers import STARTUP_DEADLINE, ServerFactory, ServerProcess, ThreadedServer, launch
+from support.wire import OP_CLOSE, HttpResponse, parse_http_head, upgrade_request
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
@@ -91,7 +77,7 @@ def attempt_upgrade(
 ) -> HttpResponse:
     """Send one upgrade request; return the 101 head, or the whole refusal."""
     with RawClient(port) as client:
-        request, _key = upgrade_request(port, path, extra_headers=headers)
+        request = upgrade_request(port, path, extra_headers=headers)
         client.send(request)
         status, head = client.read_http_head()
         if status == 101:
@@ -127,7 +113,7 @@ def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def env_without_secret() -> dict[str, str]:
-    env = _server_env()
+    env = python_env()
     env.pop(SECRET_ENV, None)
     return env
 
@@ -178,7 +164,7 @@ def tls_server_factory(tmp_path: Path) -> Iterator[TlsServerFactory]:
         stderr_path = tmp_path / f"tls-server-{len(started)}.stderr"
         proc = launch(["--host", "127.0.0.1", "--port", "0", *args], stderr_path)
         try:
-            line = _read_line_with_deadline(proc, time.monotonic() + STARTUP_DEADLINE)
+            line = read_line(proc, time.monotonic() + STARTUP_DEADLINE)
             match = LISTEN_WSS.fullmatch(line.strip())
             assert match is not None, f"expected a wss:// URL, got {line!r}"
         except BaseException:
@@ -286,6 +272,7 @@ async def chat_pair(url: str, context: ssl.SSLContext, text: str) -> tuple[str, 
 # ----------------------------------------------------------------------------
 
 
+@pytest.mark.live
 def test_tls_cli_serves_wss_chat_and_https_healthz(
     tls_files: TlsFiles, tls_server_factory: TlsServerFactory,
 ) -> None:
@@ -316,6 +303,7 @@ def test_tls_cli_serves_wss_chat_and_https_healthz(
     assert server.alive()
 
 
+@pytest.mark.live
 def test_tls_plain_client_on_tls_port_fails_cleanly(
     tls_files: TlsFiles, tls_server_factory: TlsServerFactory,
 ) -> None:
@@ -445,6 +433,7 @@ def test_tls_1_1_client_cannot_complete_a_handshake(
         assert data.startswith(b"HTTP/1.1 200 "), data[:100]
 
 
+@pytest.mark.live
 @pytest.mark.parametrize("case", ["mismatched_key", "missing_cert", "missing_key", "key_as_cert"])
 def test_tls_bad_certificate_files_exit_2_with_one_line(
     case: str, tls_files: TlsFiles, tmp_path: Path,
@@ -460,7 +449,7 @@ def test_tls_bad_certificate_files_exit_2_with_one_line(
         certfile = tls_files.keyfile
     result = run_cli(
         "--host", "127.0.0.1", "--port", "0", "--certfile", str(certfile), "--keyfile",
-        str(keyfile), env=_server_env(),
+        str(keyfile), env=python_env(),
     )
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "listening" not in result.stdout
@@ -470,10 +459,11 @@ def test_tls_bad_certificate_files_exit_2_with_one_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.live
 def test_tls_certfile_without_keyfile_is_a_usage_error(tls_files: TlsFiles) -> None:
     result = run_cli(
         "--host", "127.0.0.1", "--port", "0", "--certfile", str(tls_files.certfile),
-        env=_server_env(),
+        env=python_env(),
     )
     assert result.returncode == 2
     assert "certfile and keyfile go together" in result.stderr.strip().splitlines()[-1]
@@ -598,7 +588,7 @@ def test_on_upgrade_refusal_is_sent_verbatim(inprocess_server: InProcessFactory)
 
     # Protocol checks come first: a broken upgrade is answered without the hook.
     with RawClient(server.port) as client:
-        request, _key = upgrade_request(server.port, "/", version="8")
+        request = upgrade_request(server.port, "/", version="8")
         client.send(request)
         status, _head = client.read_http_head()
     assert status == 426
@@ -609,7 +599,7 @@ def test_on_upgrade_identity_reaches_the_connection(inprocess_server: InProcessF
     gate = CookieGate()
     server = inprocess_server(gate, flush_interval=0.01)
     with RawClient(server.port) as client:
-        request, _key = upgrade_request(
+        request = upgrade_request(
             server.port, "/", extra_headers=(("Cookie", "theme=dark; session=abc123"),),
         )
         client.send(request)
@@ -860,6 +850,7 @@ def test_mint_token_cli(
     run(scenario())
 
 
+@pytest.mark.live
 def test_mint_token_without_secret_fails() -> None:
     result = run_cli("--mint-token", "ann", env=env_without_secret())
     assert result.returncode == 2
@@ -890,6 +881,7 @@ def test_auth_secret_file(server_factory: ServerFactory, tmp_path: Path) -> None
     assert missing.returncode == 2 and "cannot read" in missing.stderr
 
 
+@pytest.mark.live
 def test_empty_auth_secret_file_does_not_fail_open(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_bytes(b"\n")
@@ -900,7 +892,7 @@ def test_empty_auth_secret_file_does_not_fail_open(tmp_path: Path) -> None:
     server = ServerProcess(proc, 0, tmp_path / "empty-secret.stderr", "")
     try:
         try:
-            line = _read_line_with_deadline(proc, time.monotonic() + STARTUP_DEADLINE)
+            line = read_line(proc, time.monotonic() + STARTUP_DEADLINE)
         except AssertionError:
             if proc.poll() is None:
                 raise

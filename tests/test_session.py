@@ -9,23 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from helpers import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.peer import ClientPeer, SessionRun, drain, feed_session, new_session
+from support.wire import (
     OP_BINARY,
     OP_CLOSE,
-    OP_CONTINUATION,
+    OP_CONT,
     OP_PING,
     OP_TEXT,
-    ClientPeer,
-    SessionRun,
     byte_by_byte,
-    drain,
-    feed_session,
-    new_session,
     raw_frame,
     split_at,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Event, Ping, Pong
 
@@ -152,22 +148,22 @@ CASES: dict[str, Builder] = {
     ),
     "invalid UTF-8": lambda p: Case(raw_frame(OP_TEXT, b"ok\xff"), [], 1007, close(1007)),
     "UTF-8 split across fragments": lambda p: Case(
-        raw_frame(OP_TEXT, b"a\xc3", fin=False) + raw_frame(OP_CONTINUATION, b"\xa9b"), ["a\xe9b"],
+        raw_frame(OP_TEXT, b"a\xc3", fin=False) + raw_frame(OP_CONT, b"\xa9b"), ["a\xe9b"],
     ),
     "4-byte char in three fragments": lambda p: Case(
         raw_frame(OP_TEXT, b"\xf0", fin=False)
-        + raw_frame(OP_CONTINUATION, b"\x9f\x98", fin=False)
-        + raw_frame(OP_CONTINUATION, b"\x80"),
+        + raw_frame(OP_CONT, b"\x9f\x98", fin=False)
+        + raw_frame(OP_CONT, b"\x80"),
         ["\U0001f600"],
     ),
     "invalid UTF-8 split across fragments": lambda p: Case(
-        raw_frame(OP_TEXT, b"a\xc3", fin=False) + raw_frame(OP_CONTINUATION, b"(b"),
+        raw_frame(OP_TEXT, b"a\xc3", fin=False) + raw_frame(OP_CONT, b"(b"),
         [],
         1007,
         close(1007),
     ),
     "UTF-8 truncated at the end": lambda p: Case(
-        raw_frame(OP_TEXT, b"a", fin=False) + raw_frame(OP_CONTINUATION, b"\xe2\x82"),
+        raw_frame(OP_TEXT, b"a", fin=False) + raw_frame(OP_CONT, b"\xe2\x82"),
         [],
         1007,
         close(1007),
@@ -184,7 +180,7 @@ CASES: dict[str, Builder] = {
         raw_frame(OP_TEXT, b"x", rsv1=True), [], 1002, close(1002),
     ),
     "continuation without a start": lambda p: Case(
-        raw_frame(OP_CONTINUATION, b"x"), [], 1002, close(1002),
+        raw_frame(OP_CONT, b"x"), [], 1002, close(1002),
     ),
     "new message inside a fragmented one": lambda p: Case(
         p.text("a", fin=False) + raw_frame(OP_BINARY, b"b"), [], 1002, close(1002),

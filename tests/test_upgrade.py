@@ -11,18 +11,18 @@ from typing import Any
 
 import h11
 import pytest
-from helpers import (
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.peer import ClientPeer
+from support.wire import (
     DEFAULT_KEY,
     RFC_ACCEPT,
     RFC_KEY,
-    ClientPeer,
     byte_by_byte,
     raw_frame,
     split_at,
     upgrade_request,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from wsproto import WSConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import AcceptConnection, RejectConnection, TextMessage

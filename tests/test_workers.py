@@ -20,20 +20,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from conftest import (
-    OP_TEXT,
-    REPO,
-    RawClient,
-    RawClientFactory,
-    RedisServer,
-    ServerFactory,
-    ServerProcess,
-    _server_env,
-    http_get,
-    redis_ping,
-)
+from support.procs import REPO, RedisServer, python_env, redis_ping
+from support.rawclient import RawClient, RawClientFactory, http_get
+from support.servers import ServerFactory, ServerProcess
+from support.wire import OP_TEXT
 
 from wsnet.workers import NEEDS_REDIS
+
+pytestmark = pytest.mark.live
 
 T = TypeVar("T")
 
@@ -337,7 +331,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=_server_env(),
+        env=python_env(),
         timeout=30,
         check=False,
     )

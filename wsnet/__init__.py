@@ -3,6 +3,7 @@
 The public API is what ``__all__`` lists; everything in ``wsnet._*`` is private.
 """
 
+from wsnet._clock import TimerHandle
 from wsnet._http import Request, Response
 from wsnet._session import CloseCode
 from wsnet.config import Config
@@ -18,5 +19,6 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "TimerHandle",
     "__version__",
 ]

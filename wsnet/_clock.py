@@ -12,7 +12,7 @@ import heapq
 import math
 from collections.abc import Callable
 
-__all__ = ["Timer", "Timers", "next_tick"]
+__all__ = ["Timer", "TimerHandle", "Timers", "next_tick"]
 
 
 class Timer:
@@ -25,6 +25,33 @@ class Timer:
         self.callback = callback
         self.cancelled = False
         self.queued = True  # still in the heap
+
+
+class TimerHandle:
+    """A call scheduled with ``Server.call_later``: ``cancel()`` stops it.
+
+    Cancelling after the call ran, or twice, does nothing. Applications get this
+    rather than the heap's own ``Timer`` so that the loop's bookkeeping fields
+    stay out of the public API.
+    """
+
+    __slots__ = ("_timers", "_timer")
+
+    def __init__(self, timers: Timers, timer: Timer) -> None:
+        self._timers = timers
+        self._timer = timer
+
+    @property
+    def when(self) -> float:
+        """The loop-clock time the call is due at."""
+        return self._timer.when
+
+    def cancel(self) -> None:
+        self._timers.cancel(self._timer)
+
+    def __repr__(self) -> str:
+        state = "done" if self._timer.cancelled else "pending"
+        return f"<TimerHandle when={self._timer.when:.3f} {state}>"
 
 
 class Timers:

@@ -27,7 +27,19 @@ from dataclasses import dataclass
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
-__all__ = ["DeflateParams", "Deflate", "parse_extensions", "negotiate", "compress"]
+__all__ = ["DeflateParams", "Deflate", "parse_extensions", "negotiate", "compress", "wire_limit"]
+
+
+def wire_limit(max_message_bytes: int) -> int:
+    """The most bytes a message of ``max_message_bytes`` may take on the wire.
+
+    Deflate never needs much more input than output (zlib's worst case is about
+    0.03 % plus a few bytes), so a compressed frame may be a little larger than
+    what it inflates to: this bound is the frame-length check of ``_session``
+    and the compressed-input budget of ``Deflate``, one formula for both.
+    """
+    return max_message_bytes + max_message_bytes // 1024 + 1024
+
 
 EXTENSION_NAME = "permessage-deflate"
 _SYNC_TAIL = b"\x00\x00\xff\xff"
@@ -221,11 +233,8 @@ class Deflate(Extension):
         if self._compressed is None:  # first frame of a message
             self._compressed = rsv.rsv1
             self._room = self.max_message_bytes
-            # Deflate never needs much more input than output (zlib's worst case
-            # is about 0.03 % plus a few bytes), except for empty stored blocks
-            # that inflate to nothing: bound the input too.
-            limit = self.max_message_bytes
-            self._wire_room = limit + limit // 1024 + 1024  # as _session._frame_limit
+            # Empty stored blocks inflate to nothing: bound the input too.
+            self._wire_room = wire_limit(self.max_message_bytes)
             if rsv.rsv1 and self._inflater is None:
                 self._inflater = zlib.decompressobj(-15)
         else:

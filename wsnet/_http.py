@@ -9,11 +9,37 @@ with ``Connection: close``: wsnet serves one plain request per connection.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Request", "Response", "render_response", "text_response", "json_response"]
+__all__ = ["Request", "Response", "check_header", "render_response"]
+
+#: RFC 9110 §5.6.2: a header name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+#: Bytes that would end a header line early or split the response (RFC 9110
+#: §5.5): CR, LF and NUL never belong in a value we write.
+_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
+def check_header(name: str, value: str) -> None:
+    """Raise ValueError unless ``name: value`` can be written as one header line.
+
+    Applications hand us header values; one with CR or LF would let its content
+    add headers or a body of its own (response splitting), so it is refused
+    where it is given, before anything is written.
+    """
+    if not isinstance(name, str) or not _TOKEN.match(name):
+        raise ValueError(f"invalid header name {name!r}: it must be an RFC 9110 token")
+    if not isinstance(value, str) or _FORBIDDEN.search(value):
+        raise ValueError(f"invalid value for header {name!r}: {value!r} contains CR, LF or NUL")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"invalid value for header {name!r}: {value!r} is not Latin-1",
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +90,34 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A complete HTTP response for a plain request or a refused upgrade."""
+    """A complete HTTP response for a plain request or a refused upgrade.
+
+    Header names and values (``content_type`` too) are checked when the response
+    is made: a ValueError names the bad one.
+    """
 
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: tuple[tuple[str, str], ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        if not 100 <= self.status <= 999:
+            raise ValueError(f"invalid HTTP status {self.status!r}")
+        check_header("Content-Type", self.content_type)
+        for name, value in self.headers:
+            check_header(name, value)
 
-def text_response(status: int, text: str, *headers: tuple[str, str]) -> Response:
-    return Response(status, (text + "\n").encode(), headers=headers)
+    @classmethod
+    def text(cls, status: int, text: str, *headers: tuple[str, str]) -> Response:
+        """A plain-text response: ``text`` and a newline, in UTF-8."""
+        return cls(status, (text + "\n").encode(), headers=headers)
 
-
-def json_response(status: int, value: object) -> Response:
-    body = json.dumps(value, separators=(",", ":")).encode()
-    return Response(status, body, content_type="application/json")
+    @classmethod
+    def json(cls, status: int, value: object) -> Response:
+        """``value`` as compact JSON."""
+        body = json.dumps(value, separators=(",", ":")).encode()
+        return cls(status, body, content_type="application/json")
 
 
 def render_response(response: Response, *, head_only: bool = False) -> bytes:

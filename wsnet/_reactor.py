@@ -25,12 +25,17 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
+from wsnet._channel import Channel
 from wsnet._clock import Timer, Timers, next_tick
 from wsnet._outbox import Outbox
+from wsnet._stream import Stream, StreamProtocol
 
-__all__ = ["READ", "WRITE", "Channel", "Reactor", "ReactorProtocol"]
+__all__ = [
+    "READ", "WRITE", "Reactor", "ReactorProtocol", "Stream", "StreamProtocol", "reserve_port",
+]
 
 log = logging.getLogger("wsnet")
 
@@ -44,33 +49,10 @@ _ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
 
 
-class Channel:
-    """A connected socket as the reactor sees it. Protocols subclass it."""
-
-    __slots__ = (
-        "sock", "outbox", "mask", "dirty", "blocked", "linger", "dead", "tls", "tls_pending",
-    )
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.tls = isinstance(sock, ssl.SSLSocket)
-        #: A TLS socket whose handshake has not finished yet.
-        self.tls_pending = self.tls
-        self.outbox = Outbox()
-        self.mask = 0  # selector interest currently registered
-        self.dirty = False  # in the reactor's flush list
-        self.blocked = False  # the kernel refused part of the last write
-        self.linger = False  # shut our side once drained, then wait for EOF
-        self.dead = False  # socket closed
-
-
 class ReactorProtocol(Protocol):
-    """What the reactor calls; ``server.Server`` implements it."""
+    """What the reactor calls on the server: a new connection, and the tick."""
 
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None: ...
-    def data_received(self, ch: Channel, data: bytes) -> None: ...
-    def eof_received(self, ch: Channel) -> None: ...
-    def connection_lost(self, ch: Channel, exc: OSError | None) -> None: ...
     def tick(self) -> None: ...
 
 
@@ -100,6 +82,7 @@ class Reactor:
         self._accept_backoff = 0.0
         self._running = False
         self._stop_requested = False
+        self._in_protocol_write = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -202,18 +185,77 @@ class Reactor:
 
         self.call_later(self._accept_backoff, resume)
 
-    # -- other sockets (clients of other services) ----------------------------
+    # -- outbound streams (clients of other services) --------------------------
 
-    def watch(self, sock: socket.socket, events: int, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` whenever ``sock`` is ready for ``events`` (READ,
-        WRITE or both); calling again changes the events."""
+    def open_stream(
+        self, host: str, port: int, protocol: StreamProtocol, *, timeout: float,
+    ) -> Stream:
+        """Connect to ``host:port`` without blocking (name resolution aside: give
+        an address or a name in /etc/hosts); ``protocol`` hears the outcome.
+
+        The stream's bytes travel the same write path as clients' (an outbox,
+        written at once), so it needs no socket code of its own.
+        """
+        stream = Stream(self, protocol)
         try:
-            self._sel.modify(sock, events, callback)
-        except KeyError:
-            self._sel.register(sock, events, callback)
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self.call_later(0, partial(stream._fail, exc))  # never from inside this call
+            return stream
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch = stream._ch = Channel(sock, stream)
+        code = sock.connect_ex(sockaddr)
+        if code not in (0, errno.EINPROGRESS):
+            self.close(ch)
+            self.call_later(0, partial(stream._fail, OSError(code, os.strerror(code))))
+            return stream
+        self._sel.register(sock, WRITE, partial(self._stream_connected, stream))
+        ch.mask = WRITE
+        stream._timer = self.call_later(timeout, partial(self._stream_timed_out, stream))
+        return stream
 
-    def unwatch(self, sock: socket.socket) -> None:
-        self._unregister_quietly(sock)
+    def _stream_connected(self, stream: Stream) -> None:
+        ch = stream._ch
+        assert ch is not None
+        self.cancel(stream._timer)
+        code = ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._unregister_quietly(ch.sock)
+        ch.mask = 0
+        if code:
+            self.close(ch)
+            stream._fail(OSError(code, os.strerror(code)))
+            return
+        stream.connected = True
+        self._set_mask(ch, READ)
+        stream.protocol.stream_connected()
+        if not ch.dead:
+            self.write_now(ch)
+
+    def _stream_timed_out(self, stream: Stream) -> None:
+        ch = stream._ch
+        if ch is not None and not stream.connected and not ch.dead:
+            self.close(ch)
+            stream._fail(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
+
+    def _flush_blocking(self, ch: Channel, timeout: float) -> bool:
+        """Write the outbox, waiting up to ``timeout`` (shutdown paths only)."""
+        if ch.dead:
+            return False
+        sock = ch.sock
+        box = ch.outbox
+        try:
+            sock.settimeout(timeout)
+            for chunk in box.chunks:
+                sock.sendall(chunk)
+            box.consume(box.nbytes)
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.setblocking(False)
 
     # -- channel I/O ---------------------------------------------------------
 
@@ -242,9 +284,17 @@ class Reactor:
             self._dirty.append(ch)
 
     def write_now(self, ch: Channel) -> None:
-        """Write at once (handshake responses, close frames)."""
+        """Write at once (handshake responses, close frames).
+
+        A write error closes the channel now but reports ``connection_lost``
+        on the next loop turn, never from inside this call.
+        """
         if ch.outbox and not ch.blocked:
-            self._write(ch)
+            nested, self._in_protocol_write = self._in_protocol_write, True
+            try:
+                self._write(ch)
+            finally:
+                self._in_protocol_write = nested
 
     def close_after_drain(self, ch: Channel) -> None:
         """Half-close once the outbox is written, then wait for the peer's EOF.
@@ -256,10 +306,14 @@ class Reactor:
         if ch.linger or ch.dead:
             return
         ch.linger = True
-        if ch.outbox:
-            self.write_now(ch)
-        else:
-            self._shutdown_write(ch)
+        nested, self._in_protocol_write = self._in_protocol_write, True
+        try:
+            if ch.outbox:
+                self._write(ch)
+            else:
+                self._shutdown_write(ch)
+        finally:
+            self._in_protocol_write = nested
 
     def _shutdown_write(self, ch: Channel) -> None:
         # On a TLS socket this sends no close_notify: peers treat the TCP FIN as
@@ -362,9 +416,9 @@ class Reactor:
                 self._lost(ch, exc)
                 return
             if data:
-                self.protocol.data_received(ch, data)
+                ch.protocol.data_received(ch, data)
             else:
-                self.protocol.eof_received(ch)
+                ch.protocol.eof_received(ch)
             # Bytes already decrypted inside OpenSSL never wake the selector.
             if ch.dead or not ch.tls or not sock.pending():  # type: ignore[attr-defined]
                 break
@@ -374,7 +428,13 @@ class Reactor:
     def _lost(self, ch: Channel, exc: OSError | None) -> None:
         log.debug("connection lost: %s", exc)
         self.close(ch)
-        self.protocol.connection_lost(ch, exc)
+        if self._in_protocol_write:
+            # The protocol is inside its own call to write_now/close_after_drain:
+            # tell it on the next loop turn rather than re-entering it (as asyncio
+            # does with call_soon), so it never sees its state change under it.
+            self.call_later(0, partial(ch.protocol.connection_lost, ch, exc))
+        else:
+            ch.protocol.connection_lost(ch, exc)
 
     def close(self, ch: Channel) -> None:
         """Close the socket now; queued output is dropped."""
@@ -524,3 +584,24 @@ class Reactor:
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening.
+
+    It never accepts anything (only listening sockets receive connections), but
+    it keeps the port: ``--port 0`` resolves once, and other programs cannot bind
+    it while workers restart. Raises OSError (EADDRINUSE, ...) like ``listen``.
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # SO_REUSEPORT alone (no SO_REUSEADDR): workers share the port, since they
+        # set SO_REUSEPORT too, while a SO_REUSEADDR binder elsewhere cannot.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock

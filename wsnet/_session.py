@@ -10,6 +10,7 @@ turning a parser failure into the close frame the RFC asks for.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import IntEnum
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import (
@@ -22,13 +23,36 @@ from wsproto.events import (
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
-from wsnet._deflate import Deflate, DeflateParams
+from wsnet._deflate import Deflate, DeflateParams, wire_limit
 from wsnet._frames import Outgoing
 from wsnet._outbox import Outbox
 
 __all__ = ["Session", "CloseCode"]
 
-CloseCode = CloseReason
+
+class CloseCode(IntEnum):
+    """Close codes of RFC 6455 §7.4.1 (and 1012-1015 from the IANA registry).
+
+    Ours, not wsproto's ``CloseReason``: the values are the same, but the public
+    API does not change when the parser does. Any int in 1000-4999 a peer may
+    send is still passed to ``on_close`` as a plain int.
+    """
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RCVD = 1005
+    ABNORMAL_CLOSURE = 1006
+    INVALID_FRAME_PAYLOAD_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXT = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    TLS_HANDSHAKE_FAILED = 1015
+
 _OPEN = ConnectionState.OPEN
 _LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
 _CLOSED = ConnectionState.CLOSED
@@ -67,8 +91,7 @@ _frame_limits: dict[int, _FrameLimit] = {}
 
 
 def _frame_limit(max_message_bytes: int) -> _FrameLimit:
-    # A compressed frame may be a little larger than what it inflates to.
-    limit = max_message_bytes + max_message_bytes // 1024 + 1024
+    limit = wire_limit(max_message_bytes)
     ext = _frame_limits.get(limit)
     if ext is None:
         ext = _frame_limits[limit] = _FrameLimit(limit)
@@ -205,7 +228,7 @@ class Session:
             return
         if data is None:
             ws.receive_data(None)
-            self._finish(CloseReason.ABNORMAL_CLOSURE, "")
+            self._finish(CloseCode.ABNORMAL_CLOSURE, "")
             return
         ws.receive_data(data)
         for event in ws.events():
@@ -251,12 +274,12 @@ class Session:
         chunk = event.data
         size = self._size + (_utf8_len(chunk) if isinstance(chunk, str) else len(chunk))
         if size > self._max_message:
-            self.fail(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            self.fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
             return None
         if event.frame_finished:
             self._frames += 1
             if self._frames > self._max_frames:
-                self.fail(CloseReason.MESSAGE_TOO_BIG, "too many fragments")
+                self.fail(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
                 return None
         parts = self._parts
         if event.message_finished:
@@ -276,15 +299,14 @@ class Session:
         return None
 
 
-_REASONS = {
-    CloseReason.PROTOCOL_ERROR: "protocol error",
-    CloseReason.INVALID_FRAME_PAYLOAD_DATA: "invalid payload data",
-    CloseReason.MESSAGE_TOO_BIG: "message too big",
-    CloseReason.POLICY_VIOLATION: "policy violation",
+_REASONS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.INVALID_FRAME_PAYLOAD_DATA: "invalid payload data",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+    CloseCode.POLICY_VIOLATION: "policy violation",
 }
 
 
 def _public_reason(code: int) -> str:
     """A reason phrase for the wire: wsproto's own texts may echo peer input."""
-    reason: str = _REASONS.get(code, "")  # type: ignore[call-overload]
-    return reason
+    return _REASONS.get(int(code), "")

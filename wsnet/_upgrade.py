@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import h11
 
 from wsnet._deflate import DeflateParams, negotiate
-from wsnet._http import Request, Response, text_response
+from wsnet._http import Request, Response
 
 __all__ = ["Accept", "HttpReader", "accept_token", "decide_upgrade", "is_upgrade"]
 
@@ -89,30 +89,30 @@ def decide_upgrade(
     answer says the first thing the client must fix.
     """
     if request.method != "GET":
-        return text_response(405, "WebSocket upgrade needs GET", ("Allow", "GET"))
+        return Response.text(405, "WebSocket upgrade needs GET", ("Allow", "GET"))
     if request.path not in ws_paths:
-        return text_response(404, "no WebSocket endpoint at this path")
+        return Response.text(404, "no WebSocket endpoint at this path")
     if request.http_version != "1.1":
-        return text_response(400, "WebSocket upgrade needs HTTP/1.1")
+        return Response.text(400, "WebSocket upgrade needs HTTP/1.1")
     if _declares_body(request):
-        return text_response(400, "WebSocket upgrade request must not have a body")
+        return Response.text(400, "WebSocket upgrade request must not have a body")
     if "websocket" not in request.header_tokens("upgrade"):
-        return text_response(400, "Upgrade header must name websocket")
+        return Response.text(400, "Upgrade header must name websocket")
     if "upgrade" not in request.header_tokens("connection"):
-        return text_response(400, "Connection header must contain Upgrade")
+        return Response.text(400, "Connection header must contain Upgrade")
     if request.header("sec-websocket-version") != "13":
-        return text_response(426, "Sec-WebSocket-Version must be 13", _VERSION_HEADER)
+        return Response.text(426, "Sec-WebSocket-Version must be 13", _VERSION_HEADER)
     keys = request.header_values("sec-websocket-key")
     if not _valid_key(keys):
-        return text_response(400, "Sec-WebSocket-Key must be base64 of 16 bytes")
+        return Response.text(400, "Sec-WebSocket-Key must be base64 of 16 bytes")
     if allowed_origins and not _origin_allowed(request.header("origin"), allowed_origins):
         # Cross-site WebSocket hijacking: a page elsewhere must not ride on this
         # browser's cookies. RFC 6455 §10.2.
-        return text_response(403, "origin not allowed")
+        return Response.text(403, "origin not allowed")
     if at_capacity:
-        return text_response(503, "server at connection limit, retry later", ("Retry-After", "5"))
+        return Response.text(503, "server at connection limit, retry later", ("Retry-After", "5"))
     if ip_at_capacity:
-        return text_response(429, "too many connections from your address", ("Retry-After", "5"))
+        return Response.text(429, "too many connections from your address", ("Retry-After", "5"))
 
     headers = [
         ("Upgrade", "websocket"),
@@ -129,7 +129,7 @@ def decide_upgrade(
     return Accept(tuple(headers), agreed)
 
 
-_TOO_LARGE = text_response(431, "request header fields too large")
+_TOO_LARGE = Response.text(431, "request header fields too large")
 
 
 def _decode(value: bytes) -> str:
@@ -162,7 +162,7 @@ class HttpReader:
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 return _TOO_LARGE
-            return text_response(400, "malformed HTTP request")
+            return Response.text(400, "malformed HTTP request")
         if type(event) is h11.Request:
             # h11 bounds only an incomplete head; one that arrived whole in a
             # single read is measured here against the same limit.

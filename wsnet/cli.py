@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -10,12 +11,11 @@ import ssl
 import sys
 import time
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
-from wsnet._redis import redis_available
 from wsnet.chat import ChatApp, ChatSettings, valid_name
-from wsnet.chat.backplane import RedisBackplane
 from wsnet.chat.protocol import NAME_RULE
+from wsnet.chat.redis import RedisBackplane, redis_available
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
@@ -26,6 +26,7 @@ __all__ = ["main", "build_parser"]
 
 APPS: dict[str, type[Handler]] = {"chat": ChatApp, "echo": EchoApp}
 SECRET_ENV = "WSNET_AUTH_SECRET"
+_T = TypeVar("_T")
 
 
 class SafeFormatter(logging.Formatter):
@@ -194,29 +195,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
-    """Library defaults, then the application's preferences, then the options."""
-    fields: dict[str, object] = {"host": args.host, "port": args.port}
-    fields.update(app.config_defaults)
-    options: dict[str, object | None] = {
-        "flush_interval": None if args.flush_interval_ms is None else args.flush_interval_ms / 1000,
-        "max_message_bytes": args.max_message_bytes,
-        "outbox_limit": args.outbox_limit_bytes,
-        "max_connections": args.max_connections,
-        "ping_interval": args.ping_interval,
-        "ping_timeout": args.ping_timeout,
-        "max_connections_per_ip": args.max_connections_per_ip,
-        "rate_limit": args.rate_limit,
-        "rate_burst": args.rate_burst,
-        "allowed_origins": tuple(args.allowed_origin) if args.allowed_origin else None,
-        "certfile": args.certfile,
-        "keyfile": args.keyfile,
-    }
-    fields.update({k: v for k, v in options.items() if v is not None})
-    if args.no_deflate:
-        fields["deflate"] = False
-    if getattr(args, "as_worker_of", None) is not None:
-        fields["reuse_port"] = True  # a worker of --workers N: the port is shared
-    return Config(**fields)  # type: ignore[arg-type]
+    """Library defaults, then the application's preferences, then the options.
+
+    ``--host`` and ``--port`` form the layer under the application's
+    preferences; every other option, when given, overrides both.
+    """
+    defaults = app.config_defaults
+    preferred = Config().replace(**defaults)
+    ms = args.flush_interval_ms
+    origins = tuple(args.allowed_origin) if args.allowed_origin else None
+    worker = getattr(args, "as_worker_of", None) is not None
+    return dataclasses.replace(
+        preferred,
+        host=preferred.host if "host" in defaults else args.host,
+        port=preferred.port if "port" in defaults else args.port,
+        flush_interval=_given(None if ms is None else ms / 1000, preferred.flush_interval),
+        max_message_bytes=_given(args.max_message_bytes, preferred.max_message_bytes),
+        outbox_limit=_given(args.outbox_limit_bytes, preferred.outbox_limit),
+        max_connections=_given(args.max_connections, preferred.max_connections),
+        ping_interval=_given(args.ping_interval, preferred.ping_interval),
+        ping_timeout=_given(args.ping_timeout, preferred.ping_timeout),
+        max_connections_per_ip=_given(
+            args.max_connections_per_ip, preferred.max_connections_per_ip,
+        ),
+        rate_limit=_given(args.rate_limit, preferred.rate_limit),
+        rate_burst=_given(args.rate_burst, preferred.rate_burst),
+        allowed_origins=_given(origins, preferred.allowed_origins),
+        certfile=_given(args.certfile, preferred.certfile),
+        keyfile=_given(args.keyfile, preferred.keyfile),
+        deflate=False if args.no_deflate else preferred.deflate,
+        # A worker of --workers N: the port is shared.
+        reuse_port=True if worker else preferred.reuse_port,
+    )
+
+
+def _given(option: _T | None, otherwise: _T) -> _T:
+    """An option the user gave, or what the layers below chose."""
+    return otherwise if option is None else option
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
-from wsnet._http import Request, Response, text_response
-from wsnet._metrics import Gauge, Metric
+from wsnet._http import Request, Response
 from wsnet.chat.backplane import Backplane
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
+from wsnet.metrics import Gauge, Metric
 from wsnet.server import Connection, Handler, Server
 from wsnet.tokens import TokenError, verify_token
 
@@ -51,7 +51,7 @@ class ChatApp(Handler):
 
     def on_start(self, server: Server) -> None:
         super().on_start(server)
-        self.backplane.start(server.reactor)
+        self.backplane.start(server)
 
     def on_stop(self) -> None:
         self.backplane.stop()
@@ -61,13 +61,13 @@ class ChatApp(Handler):
             return None
         token = request.query.get("token")
         if token is None:
-            return text_response(403, "a token is required")
+            return Response.text(403, "a token is required")
         try:
             name = verify_token(self._secret, token, self._clock())
         except TokenError as exc:
-            return text_response(403, f"token refused: {exc}")
+            return Response.text(403, f"token refused: {exc}")
         if not valid_name(name):
-            return text_response(403, "token refused: malformed")
+            return Response.text(403, "token refused: malformed")
         return name
 
     def on_open(self, conn: Connection) -> None:

@@ -18,7 +18,6 @@ Batching rules, which the tests hold it to:
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
-from wsnet.chat.backplane import Backplane, LocalBackplane
+from wsnet.chat.backplane import Backplane, LocalBackplane, new_epoch
 from wsnet.chat.protocol import (
     ChatError,
     Command,
@@ -154,10 +153,6 @@ class Room:
         return f"<Room {self.name!r} seq={self.seq} members={len(self.members)}>"
 
 
-def _new_epoch() -> str:
-    return secrets.token_hex(4)
-
-
 class Chat(Generic[P]):
     """All rooms of one server process."""
 
@@ -165,7 +160,7 @@ class Chat(Generic[P]):
         self,
         settings: ChatSettings | None = None,
         clock: Callable[[], float] = time.time,
-        new_epoch: Callable[[], str] = _new_epoch,
+        new_epoch: Callable[[], str] = new_epoch,
         timer: Callable[[], float] | None = None,
         backplane: Backplane | None = None,
     ) -> None:

@@ -1,13 +1,10 @@
-"""Shared helpers for the sans-I/O tests: request bytes, chunking, and a wsproto
-client peer. Nothing here opens a socket.
+"""A wsproto client as the independent peer of a ``Session``, and the helpers
+that drive a Session on in-memory bytes. Nothing here opens a socket.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -24,122 +21,6 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsnet._deflate import DeflateParams
 from wsnet._outbox import Outbox
 from wsnet._session import Session
-
-#: The example handshake of RFC 6455 §1.3.
-RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-#: base64 of bytes(range(16)): a well-formed key that is not the RFC's.
-DEFAULT_KEY = "AAECAwQFBgcICQoLDA0ODw=="
-
-OP_CONTINUATION = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
-
-HeaderValue = str | Sequence[str] | None
-
-
-def _header_lines(name: str, value: HeaderValue) -> list[str]:
-    """``None`` omits the header; a sequence repeats it once per value."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [f"{name}: {value}"]
-    return [f"{name}: {v}" for v in value]
-
-
-def upgrade_request(
-    *,
-    method: str = "GET",
-    path: str = "/ws",
-    http_version: str = "HTTP/1.1",
-    host: HeaderValue = "example.com",
-    upgrade: HeaderValue = "websocket",
-    connection: HeaderValue = "Upgrade",
-    key: HeaderValue = DEFAULT_KEY,
-    version: HeaderValue = "13",
-    extensions: HeaderValue = None,
-    extra_headers: Iterable[tuple[str, str]] = (),
-    body: bytes = b"",
-) -> bytes:
-    """A valid RFC 6455 §4.1 upgrade request; every part can be overridden.
-
-    Header arguments take a string, a list of strings (the header repeated) or
-    None (header left out). Text is encoded as Latin-1 so that any byte value can
-    be put into a header.
-    """
-    lines = [f"{method} {path} {http_version}"]
-    lines += _header_lines("Host", host)
-    lines += _header_lines("Upgrade", upgrade)
-    lines += _header_lines("Connection", connection)
-    lines += _header_lines("Sec-WebSocket-Key", key)
-    lines += _header_lines("Sec-WebSocket-Version", version)
-    lines += _header_lines("Sec-WebSocket-Extensions", extensions)
-    lines += [f"{name}: {value}" for name, value in extra_headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
-    """``data`` cut at the given offsets (taken modulo ``len(data) + 1``).
-
-    Never returns an empty chunk (``b""`` means EOF to h11), and the chunks
-    always join back to ``data``.
-    """
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    chunks = [data[a:b] for a, b in itertools.pairwise(points)]
-    return [c for c in chunks if c]
-
-
-def byte_by_byte(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-# ----------------------------------------------------------------------------
-# Client frames, valid (through wsproto) and invalid (by hand)
-# ----------------------------------------------------------------------------
-
-
-def build_frame(
-    opcode: int,
-    payload: bytes,
-    *,
-    fin: bool = True,
-    rsv1: bool = False,
-    rsv2: bool = False,
-    rsv3: bool = False,
-    mask: bool = True,
-    key: bytes | None = None,
-) -> bytes:
-    """Any frame, including ones the RFC forbids (for negative tests)."""
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0)
-    b0 |= (0x10 if rsv3 else 0) | (opcode & 0x0F)
-    n = len(payload)
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes((b0, mbit | n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", b0, mbit | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, mbit | 127, n)
-    if not mask:
-        return head + payload
-    key = key if key is not None else os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def raw_frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    rsv1: bool = False,
-    masked: bool = True,
-    mask_key: bytes = b"\x37\xfa\x21\x3d",
-) -> bytes:
-    """A client frame with a fixed mask key, so sans-I/O runs repeat exactly."""
-    return build_frame(opcode, payload, fin=fin, rsv1=rsv1, mask=masked, key=mask_key)
 
 
 def client_deflate(response_header: str) -> PerMessageDeflate:

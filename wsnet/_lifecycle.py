@@ -1,0 +1,405 @@
+"""The connection lifecycle: what happens to a socket from accept to close.
+
+A connection goes HTTP -> OPEN -> CLOSING -> DONE, and ``TRANSITIONS`` lists
+every move it may make (as h11 keeps its state machine in one table). HTTP reads
+one request with h11; a refused or plain request gets one response and the
+socket is half-closed (DONE). An accepted upgrade switches to a wsproto session
+(OPEN). When the session stops being open, for whatever reason, the application
+hears ``on_close`` exactly once (CLOSING), and the socket closes once the close
+handshake ends or ``close_timeout`` passes.
+
+``Lifecycle`` is the reactor's protocol for the server; each connection's
+``Link`` is its channel's protocol. Application callbacks never see either: an
+exception in one closes only that connection (1011), never the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from enum import Enum
+from functools import partial
+
+from wsnet._channel import Channel
+from wsnet._clock import Timer
+from wsnet._fanout import Fanout
+from wsnet._http import Request, Response, render_response
+from wsnet._limits import TokenBucket
+from wsnet._reactor import Reactor
+from wsnet._routes import Routes
+from wsnet._server_metrics import ServerMetrics, close_code_label
+from wsnet._session import Session
+from wsnet._upgrade import Accept, HttpReader, decide_upgrade, is_upgrade
+from wsnet.config import Config
+from wsnet.connection import Connection
+from wsnet.handler import Handler
+
+__all__ = ["DONE", "HTTP", "OPEN", "CLOSING", "TRANSITIONS", "Lifecycle", "Link", "Phase"]
+
+log = logging.getLogger("wsnet")
+
+
+class Phase(Enum):
+    HTTP = "http"  # reading the request
+    OPEN = "open"  # WebSocket open
+    CLOSING = "closing"  # on_close delivered; close handshake and drain under way
+    DONE = "done"  # nothing more to say: half-closed, waiting for EOF
+
+
+HTTP, OPEN, CLOSING, DONE = Phase.HTTP, Phase.OPEN, Phase.CLOSING, Phase.DONE
+
+#: Every phase change there is. HTTP ends in a response (DONE) or an upgrade
+#: (OPEN); an open connection is always told it closed (CLOSING) before DONE.
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    HTTP: frozenset({OPEN, DONE}),
+    OPEN: frozenset({CLOSING}),
+    CLOSING: frozenset({DONE}),
+    DONE: frozenset({DONE}),
+}
+
+
+def _release(counts: dict[str, int], key: str) -> None:
+    """Count one down, forgetting keys at zero so the dict holds only live ones."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+class Link:
+    """The server's record of one connection: channel, phase, parser, session,
+    timer. The application's ``Connection`` is a façade over it."""
+
+    __slots__ = (
+        "lifecycle", "ch", "conn", "phase", "http", "session", "timer", "bucket", "over_limit",
+    )
+
+    def __init__(
+        self, lifecycle: Lifecycle, sock: socket.socket, peer: tuple[str, int], ident: int,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.ch = Channel(sock, self)
+        self.conn = Connection(self, ident, peer)
+        self.phase = HTTP
+        self.http: HttpReader | None = None
+        self.session: Session | None = None
+        self.timer: Timer | None = None
+        self.bucket: TokenBucket | None = None
+        self.over_limit = False
+
+    @property
+    def is_open(self) -> bool:
+        return self.phase is OPEN
+
+    def enter(self, phase: Phase) -> None:
+        if phase not in TRANSITIONS[self.phase]:
+            raise AssertionError(f"connection {self.conn.id}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+
+    # The channel's protocol: bytes go to the phase's reader.
+
+    def data_received(self, ch: Channel, data: bytes) -> None:
+        phase = self.phase
+        if phase is OPEN or phase is CLOSING:
+            self.lifecycle.feed_websocket(self, data)
+        elif phase is HTTP:
+            self.lifecycle.feed_http(self, data)
+        # DONE: the peer's remaining bytes are read and dropped until its EOF.
+
+    def eof_received(self, ch: Channel) -> None:
+        self.lifecycle.drop(self)
+
+    def connection_lost(self, ch: Channel, exc: OSError | None) -> None:
+        self.lifecycle.drop(self)
+
+
+class Lifecycle:
+    """Every connection's phases, counts and timers; the reactor's protocol."""
+
+    def __init__(
+        self, config: Config, handler: Handler, ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.config = config
+        self.handler = handler
+        self.reactor = reactor = Reactor(
+            self,
+            flush_interval=config.flush_interval,
+            high_water=config.outbox_high_water,
+            ssl_context=ssl_context,
+        )
+        self.metrics = ServerMetrics()
+        self.fanout = Fanout(config.outbox_limit, reactor.mark_dirty, self.metrics)
+        self.links: set[Link] = set()
+        self.open = 0
+        self.stopping = False
+        self._per_ip: dict[str, int] = {}  # open WebSockets per client address
+        self._sockets_per_ip: dict[str, int] = {}  # sockets in any phase
+        self._next_id = 0
+        self.routes: Routes | None = None  # set by the server, which knows its statistics
+
+    # -- the reactor's protocol ----------------------------------------------
+
+    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None:
+        self.metrics.sockets_accepted.value += 1
+        per_ip = self.config.max_connections_per_ip
+        ip = peer[0]
+        sockets = self._sockets_per_ip.get(ip, 0)
+        if per_ip and sockets >= 2 * per_ip:
+            # Sockets still in their handshake or closing count too, or one address
+            # could hold every descriptor with requests it never finishes. Twice
+            # the limit leaves room for reconnects while old sockets close.
+            return None
+        self._sockets_per_ip[ip] = sockets + 1
+        self._next_id += 1
+        link = Link(self, sock, peer, self._next_id)
+        link.http = HttpReader(self.config.max_header_bytes)
+        link.timer = self.reactor.call_later(
+            self.config.handshake_timeout, partial(self.drop, link),
+        )
+        self.links.add(link)
+        return link.ch
+
+    def tick(self) -> None:
+        self.call_app(None, self.handler.on_tick)
+        if self.fanout.slow:
+            for link in self.fanout.take_slow():
+                self._close_slow(link)
+
+    # -- HTTP phase ----------------------------------------------------------
+
+    def feed_http(self, link: Link, data: bytes) -> None:
+        reader = link.http
+        assert reader is not None
+        result = reader.feed(data, link.conn.peer)
+        if result is None:
+            if reader.closed:
+                self.drop(link)
+        elif isinstance(result, Response):
+            self._respond(link, result)
+        elif is_upgrade(result):
+            self._decide_upgrade(link, result)
+        else:
+            assert self.routes is not None
+            self._respond(link, self.routes.answer(result), result)
+
+    def _decide_upgrade(self, link: Link, request: Request) -> None:
+        """The protocol's checks first, then the application's say."""
+        cfg = self.config
+        per_ip = cfg.max_connections_per_ip
+        decision = decide_upgrade(
+            request,
+            ws_paths=cfg.ws_paths,
+            deflate=cfg.deflate,
+            impose_client_no_context=cfg.deflate_client_no_context_takeover,
+            at_capacity=self.open >= cfg.connection_limit or self.stopping,
+            ip_at_capacity=per_ip > 0 and self._per_ip.get(link.conn.peer[0], 0) >= per_ip,
+            allowed_origins=cfg.allowed_origins,
+        )
+        if isinstance(decision, Response):
+            self._refuse(link, decision, request)
+            return
+        try:
+            verdict = self.handler.on_upgrade(request)
+        except Exception:
+            log.exception("application error in on_upgrade")
+            verdict = Response.text(500, "internal server error")
+        if isinstance(verdict, Response):
+            self._refuse(link, verdict, request)
+        else:
+            link.conn.identity = verdict
+            self._upgrade(link, request, decision)
+
+    def _refuse(self, link: Link, response: Response, request: Request) -> None:
+        self.metrics.upgrades_refused.labels(response.status).value += 1
+        self._respond(link, response, request)
+
+    def _respond(self, link: Link, response: Response, request: Request | None = None) -> None:
+        head_only = request is not None and request.method == "HEAD"
+        link.ch.outbox.append(render_response(response, head_only=head_only))
+        link.http = None
+        link.enter(DONE)
+        self._arm(link, self.config.close_timeout, self.drop)
+        self.reactor.close_after_drain(link.ch)
+
+    def _upgrade(self, link: Link, request: Request, accept: Accept) -> None:
+        assert link.http is not None
+        cfg = self.config
+        head, trailing = link.http.switch(accept)
+        link.http = None
+        link.ch.outbox.append(head)
+        link.session = Session(
+            link.ch.outbox,
+            max_message_bytes=cfg.max_message_bytes,
+            max_fragments=cfg.max_fragments,
+            deflate=accept.deflate,
+            deflate_level=cfg.deflate_level,
+            deflate_min_bytes=cfg.deflate_min_bytes,
+        )
+        link.enter(OPEN)
+        self.open += 1
+        conn = link.conn
+        ip = conn.peer[0]
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        if cfg.rate_limit > 0:
+            link.bucket = TokenBucket(cfg.rate_burst, self.reactor.clock())
+        self._arm(link, cfg.ping_interval or None, self._ping)
+        conn.request = request
+        self.call_app(link, self.handler.on_open, conn)
+        conn.request = None
+        # The 101 (and whatever on_open queued behind it) leaves now. A peer that
+        # is already gone is reported on the next loop turn, and hears on_close
+        # after on_open.
+        self.reactor.write_now(link.ch)
+        if link.phase is OPEN and trailing:
+            self.feed_websocket(link, trailing)
+        else:
+            self._after_websocket(link)
+
+    # -- WebSocket phase -----------------------------------------------------
+
+    def feed_websocket(self, link: Link, data: bytes) -> None:
+        session = link.session
+        assert session is not None
+        on_message = self.handler.on_message
+        bucket = link.bucket
+        received = self.metrics.messages_received
+        conn = link.conn
+        for message in session.feed(data):
+            if link.phase is not OPEN:
+                continue
+            received.value += 1
+            if bucket is not None and not self._admit(link, bucket):
+                continue
+            self.call_app(link, on_message, conn, message)
+        self._after_websocket(link)
+
+    def _admit(self, link: Link, bucket: TokenBucket) -> bool:
+        """The message rate limit: a flood is dropped, then closed 1008."""
+        cfg = self.config
+        if bucket.take(self.reactor.clock(), cfg.rate_limit, cfg.rate_burst):
+            return True
+        self.metrics.rate_limited.value += 1
+        if bucket.strikes == 1:
+            self.call_app(link, self.handler.on_rate_limited, link.conn)
+        if bucket.strikes >= cfg.rate_limit_close_after and link.phase is OPEN:
+            log.info("closing %s: message rate limit exceeded", link.conn.peer)
+            self.close(link, 1008, "message rate limit exceeded")
+        return False
+
+    def _after_websocket(self, link: Link) -> None:
+        """Act on what the session did: notify a close, send close frames now,
+        queue other output (pongs) for the tick."""
+        session = link.session
+        assert session is not None
+        if link.phase is OPEN and session.close_code is not None:
+            self._closed(link)
+        ch = link.ch
+        if link.phase is CLOSING:
+            if session.closing_done:
+                link.enter(DONE)
+                self.reactor.close_after_drain(ch)
+            else:
+                self.reactor.write_now(ch)
+        elif ch.outbox and not ch.dead:
+            self.reactor.mark_dirty(ch)
+
+    def _closed(self, link: Link) -> None:
+        """The session stopped being open: tell the application, once."""
+        session = link.session
+        assert session is not None and session.close_code is not None
+        link.enter(CLOSING)
+        self.open -= 1
+        self.metrics.closes.labels(close_code_label(session.close_code)).value += 1
+        _release(self._per_ip, link.conn.peer[0])
+        self._arm(link, self.config.close_timeout, self.drop)
+        self.call_app(
+            None, self.handler.on_close, link.conn, session.close_code, session.close_reason,
+        )
+
+    def _close_slow(self, link: Link) -> None:
+        session = link.session
+        if link.phase is not OPEN or session is None:
+            return
+        log.info("closing slow consumer %s (%d bytes queued)", link.conn.peer,
+                 link.ch.outbox.nbytes)
+        self.metrics.slow_consumer_closes.value += 1
+        link.ch.outbox.discard()
+        session.fail(1008, "slow consumer")
+        self._after_websocket(link)
+
+    def close(self, link: Link, code: int, reason: str) -> None:
+        session = link.session
+        if link.phase is not OPEN or session is None:
+            return
+        session.close(code, reason)
+        self._after_websocket(link)
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm(self, link: Link, delay: float | None, action: Callable[[Link], None]) -> None:
+        """Give the connection its one timer (replacing any earlier one)."""
+        self.reactor.cancel(link.timer)
+        if delay is None:
+            link.timer = None
+        else:
+            link.timer = self.reactor.call_later(delay, partial(action, link))
+
+    def _ping(self, link: Link) -> None:
+        session = link.session
+        if link.phase is not OPEN or session is None:
+            return
+        session.ping(b"wsnet")
+        self.reactor.mark_dirty(link.ch)
+        self._arm(link, self.config.ping_timeout, self._check_pong)
+
+    def _check_pong(self, link: Link) -> None:
+        session = link.session
+        if link.phase is not OPEN or session is None:
+            return
+        cfg = self.config
+        if not session.pong_seen:
+            log.info("closing %s: no pong within %.1f s", link.conn.peer, cfg.ping_timeout)
+            self.metrics.keepalive_timeouts.value += 1
+            session.fail(1011, "keepalive ping timeout")
+            self._after_websocket(link)
+            return
+        self._arm(link, max(0.0, cfg.ping_interval - cfg.ping_timeout), self._ping)
+
+    def drop(self, link: Link) -> None:
+        """Close the socket now, telling the application if it was still open."""
+        self.reactor.cancel(link.timer)
+        link.timer = None
+        session = link.session
+        if link.phase is OPEN and session is not None:
+            session.receive(None)  # records 1006 unless a code is already known
+            self._closed(link)
+            self.reactor.cancel(link.timer)
+            link.timer = None
+        link.enter(DONE)
+        link.http = None
+        self.reactor.close(link.ch)
+        if link in self.links:
+            self.links.remove(link)
+            _release(self._sockets_per_ip, link.conn.peer[0])
+
+    # -- shutdown and application calls --------------------------------------
+
+    def close_all(self) -> None:
+        """Shutting down: drop half-made connections, close open ones 1001."""
+        self.stopping = True
+        for link in list(self.links):
+            if link.phase is HTTP:
+                self.drop(link)
+            elif link.phase is OPEN:
+                self.close(link, 1001, "server shutting down")
+
+    def call_app(self, link: Link | None, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("application error in %s", getattr(fn, "__name__", fn))
+            if link is not None and link.phase is OPEN:
+                self.close(link, 1011, "internal error")
