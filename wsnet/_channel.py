@@ -7,11 +7,13 @@ module that does socket I/O.
 
 from __future__ import annotations
 
-import socket
 import ssl
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from wsnet._outbox import Outbox
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["Channel", "ChannelProtocol"]
 

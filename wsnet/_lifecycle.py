@@ -16,11 +16,10 @@ exception in one closes only that connection (1011), never the loop.
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
 from collections.abc import Callable
 from enum import Enum
 from functools import partial
+from typing import TYPE_CHECKING
 
 from wsnet._channel import Channel
 from wsnet._clock import Timer
@@ -35,6 +34,10 @@ from wsnet._upgrade import Accept, HttpReader, decide_upgrade, is_upgrade
 from wsnet.config import Config
 from wsnet.connection import Connection
 from wsnet.handler import Handler
+
+if TYPE_CHECKING:  # the sockets themselves are the reactor's
+    import socket
+    import ssl
 
 __all__ = ["DONE", "HTTP", "OPEN", "CLOSING", "TRANSITIONS", "Lifecycle", "Link", "Phase"]
 

@@ -26,20 +26,20 @@ The supervisor is one thread and one ``selectors`` loop, like the workers:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
+
+from wsnet._parent import stop_with_parent
+from wsnet._reactor import reserve_port
 
 __all__ = [
     "Supervisor",
@@ -64,33 +64,6 @@ STABLE_AFTER = 30.0
 STARTUP_DEADLINE = 30.0
 #: After the shutdown grace, how long a worker has left before SIGKILL.
 KILL_AFTER_GRACE = 3.0
-#: How often a worker without PR_SET_PDEATHSIG checks that its parent lives.
-PARENT_POLL_INTERVAL = 1.0
-
-_PR_SET_PDEATHSIG = 1
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening.
-
-    It never accepts anything (only listening sockets receive connections), but
-    it keeps the port: ``--port 0`` resolves once, and other programs cannot bind
-    it while workers restart. Raises OSError (EADDRINUSE, ...) like ``listen``.
-    """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, addr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # SO_REUSEPORT alone (no SO_REUSEADDR): workers share the port, since they
-        # set SO_REUSEPORT too, while a SO_REUSEADDR binder elsewhere cannot.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(addr)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def worker_command(argv: Sequence[str], port: int, supervisor_pid: int) -> list[str]:
     """The command line of one worker: the supervisor's options, then overrides
     (argparse keeps the last value of an option given twice)."""
@@ -134,6 +107,11 @@ class _SavedSignals:
     wakeup_fd: int
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+    def getsockname(self) -> Any: ...
+
+
 class Supervisor:
     """Runs ``count`` workers on one port until SIGTERM or SIGINT.
 
@@ -160,11 +138,12 @@ class Supervisor:
         self.grace = grace
         self.workers = [Worker(i + 1) for i in range(count)]
         self._out = out or (lambda line: print(line, flush=True))
-        self._reserved: socket.socket | None = None
+        self._reserved: Closeable | None = None
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        # Signals wake the loop through this pipe (``signal.set_wakeup_fd``).
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop_signal: int | None = None
 
@@ -195,8 +174,8 @@ class Supervisor:
             self._kill_all()  # only if something above raised
             self._restore_signal_handlers(saved)
             self._sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             if self._reserved is not None:
                 self._reserved.close()
 
@@ -217,7 +196,7 @@ class Supervisor:
             (signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGCHLD, child),
         ):
             handlers[sig] = signal.signal(sig, handler)
-        wakeup = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         return _SavedSignals(handlers, wakeup)
 
     def _restore_signal_handlers(self, saved: _SavedSignals) -> None:
@@ -275,6 +254,16 @@ class Supervisor:
         worker.process = None
         return returncode
 
+    def _exited(self) -> list[tuple[Worker, int, int]]:
+        """Reap every worker that ended: (worker, its pid, its exit status)."""
+        ended = []
+        for worker in self.workers:
+            pid = worker.pid
+            returncode = self._reap(worker)
+            if returncode is not None:
+                ended.append((worker, pid, returncode))
+        return ended
+
     def _live(self) -> list[Worker]:
         return [w for w in self.workers if w.process is not None]
 
@@ -286,7 +275,7 @@ class Supervisor:
         for key, _mask in self._sel.select(timeout):
             if key.data is None:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
-                    while self._wake_r.recv(512):
+                    while os.read(self._wake_r, 512):
                         pass
             else:
                 self._read(key.data)
@@ -323,15 +312,12 @@ class Supervisor:
         while True:
             if self._stop_signal is not None:
                 return 0
-            for worker in self.workers:
-                pid = worker.pid
-                returncode = self._reap(worker)
-                if returncode is not None:
-                    log.error(
-                        "worker %d (pid %d) exited with %s before listening",
-                        worker.index, pid, describe_exit(returncode),
-                    )
-                    return returncode if returncode > 0 else 1
+            for worker, pid, returncode in self._exited():
+                log.error(
+                    "worker %d (pid %d) exited with %s before listening",
+                    worker.index, pid, describe_exit(returncode),
+                )
+                return returncode if returncode > 0 else 1
             if all(w.announced for w in self.workers):
                 return None
             remaining = deadline - time.monotonic()
@@ -345,15 +331,12 @@ class Supervisor:
         """Restart workers that exit, until a stop signal."""
         while self._stop_signal is None:
             now = time.monotonic()
-            for worker in self.workers:
-                pid = worker.pid
-                returncode = self._reap(worker)
-                if returncode is not None:
-                    delay = self._schedule_restart(worker, now)
-                    log.warning(
-                        "worker %d (pid %d) exited with %s; restarting in %.1f s",
-                        worker.index, pid, describe_exit(returncode), delay,
-                    )
+            for worker, pid, returncode in self._exited():
+                delay = self._schedule_restart(worker, now)
+                log.warning(
+                    "worker %d (pid %d) exited with %s; restarting in %.1f s",
+                    worker.index, pid, describe_exit(returncode), delay,
+                )
             for worker in self.workers:
                 if worker.restart_at is not None and worker.restart_at <= now:
                     self._spawn(worker, restarted=True)
@@ -376,14 +359,11 @@ class Supervisor:
                 worker.process.send_signal(sig)
         deadline = time.monotonic() + self.grace + KILL_AFTER_GRACE
         while True:
-            for worker in self.workers:
-                pid = worker.pid
-                returncode = self._reap(worker)
-                if returncode is not None:
-                    log.info(
-                        "worker %d (pid %d) stopped with %s",
-                        worker.index, pid, describe_exit(returncode),
-                    )
+            for worker, pid, returncode in self._exited():
+                log.info(
+                    "worker %d (pid %d) stopped with %s",
+                    worker.index, pid, describe_exit(returncode),
+                )
             remaining = deadline - time.monotonic()
             if not self._live() or remaining <= 0:
                 break
@@ -406,45 +386,3 @@ class Supervisor:
                 process.kill()
             process.wait()
             self._reap(worker)
-
-
-# ----------------------------------------------------------------------------
-# The worker's side
-# ----------------------------------------------------------------------------
-
-
-def _set_parent_death_signal(sig: int) -> bool:
-    """Linux: have the kernel send ``sig`` to this process when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def stop_with_parent(parent_pid: int, stop: Callable[[], None]) -> None:
-    """Make sure this worker does not outlive its supervisor ``parent_pid``.
-
-    On Linux the kernel sends SIGTERM (the graceful drain) when the parent dies;
-    elsewhere a daemon thread checks the parent once a second and calls ``stop``
-    (which must be thread-safe, like ``Server.stop``). If the parent is already
-    gone, ``stop`` is called at once.
-    """
-    watched = _set_parent_death_signal(signal.SIGTERM)
-    # Checked after the prctl: a parent that died before it is noticed here.
-    if os.getppid() != parent_pid:
-        log.warning("supervisor (pid %d) is gone: stopping", parent_pid)
-        stop()
-        return
-    if watched:
-        return
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_POLL_INTERVAL)
-        log.warning("supervisor (pid %d) is gone: stopping", parent_pid)
-        stop()
-
-    threading.Thread(target=watch, name="wsnet-parent-watch", daemon=True).start()

@@ -12,12 +12,11 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
-from wsnet._http import Request, Response
+from wsnet import Connection, Handler, Request, Response, Server
 from wsnet.chat.backplane import Backplane
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 from wsnet.metrics import Gauge, Metric
-from wsnet.server import Connection, Handler, Server
 from wsnet.tokens import TokenError, verify_token
 
 __all__ = ["ChatApp"]
