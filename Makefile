@@ -35,7 +35,7 @@ lint: $(VENV)/.test
 	$(BIN)/ruff check wsnet tests bench
 
 typecheck: $(VENV)/.test
-	$(BIN)/mypy wsnet
+	$(BIN)/mypy wsnet tests bench
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is
 # neither needed nor possible here). Installing it needs root, as apt-get does.

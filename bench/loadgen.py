@@ -829,11 +829,11 @@ class Worker:
         start = opts.room_offset if opts.sender_room_first is None else opts.sender_room_first
         senders = []
         for j in range(opts.senders):
-            c = first_of.get((start + j) % self.rooms)
-            if c is None:
+            member = first_of.get((start + j) % self.rooms)
+            if member is None:
                 self.error("no_member_to_send_from")
             else:
-                senders.append(c)
+                senders.append(member)
         return senders
 
     def main(self) -> int:

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import json
 import math
@@ -1446,9 +1447,9 @@ def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row],
             idle_window=sizes.idle_window, log=log)))
     if "sweep" in sizes.parts:
         for n in sizes.sweep:
-            parts.append((f"sweep N={n}", lambda n=n: scale_rooms_part(
-                "sweep", (n,), sizes.sweep_connections, sizes.sweep_window, scale=scale,
-                rates=(sizes.per_room_rate,), log=log,
+            parts.append((f"sweep N={n}", functools.partial(
+                scale_rooms_part, "sweep", (n,), sizes.sweep_connections, sizes.sweep_window,
+                scale=scale, rates=(sizes.per_room_rate,), log=log,
             )))
     for name, part in parts:
         try:
@@ -2083,7 +2084,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         value = getattr(args, option)
         if value is not None:
-            big = dataclasses.replace(big, **{name: convert(value) if convert else value})
+            change: dict[str, Any] = {name: convert(value) if convert else value}
+            big = dataclasses.replace(big, **change)
     if not set(big.parts) <= {"a", "b", "c", "sweep"}:
         p.error("--scale-parts: a subset of a,b,c,sweep")
     scale = dataclasses.replace(

@@ -167,7 +167,7 @@ def test_connection_is_a_facade_not_the_io_record() -> None:
 
 
 def test_the_chat_uses_only_the_public_api() -> None:
-    private = {}
+    private: dict[str, list[str]] = {}
     for path in sorted((PACKAGE / "chat").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names: list[str] = []

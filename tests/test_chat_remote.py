@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fake_backplane import FakeBackplane, Hub
+from support.fake_backplane import FakeBackplane, Hub
 
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 

@@ -342,7 +342,7 @@ def test_history_bytes_bound_what_is_kept() -> None:
         h.send("ann", "x" * 4000)
     h.tick()
     room = h.chat.rooms["lobby"]
-    assert room.history_bytes <= 64 * 1024
+    assert room.history.bytes <= 64 * 1024
     assert 10 <= len(room.history) < 40
     events = h.connect("bob", since=0, epoch="e1")
     assert events[2]["type"] == "gap" and events[2]["first"] == room.first_seq
@@ -382,7 +382,7 @@ def test_history_counts_the_bytes_it_holds() -> None:
     h.tick()
     room = h.chat.rooms["lobby"]
     (_, data), = room.history
-    assert isinstance(data, bytes) and room.history_bytes == len(data) > 4000
+    assert isinstance(data, bytes) and room.history.bytes == len(data) > 4000
 
 
 def test_a_global_budget_forgets_idle_rooms_first_then_trims_the_writer() -> None:
@@ -402,7 +402,7 @@ def test_a_global_budget_forgets_idle_rooms_first_then_trims_the_writer() -> Non
     h.tick()
     assert "old" not in h.chat.rooms  # forgotten first, oldest first
     assert "newer" in h.chat.rooms
-    total = sum(room.history_bytes for room in h.chat.rooms.values())
+    total = sum(room.history.bytes for room in h.chat.rooms.values())
     assert total <= 150 * 1024
     assert h.chat.rooms["busy"].history  # the writer keeps what fits
 
@@ -412,7 +412,7 @@ def test_replays_in_one_tick_are_bounded() -> None:
     for _ in range(200):
         h.send("ann", "y" * 400)
     h.tick()
-    history = h.chat.rooms["lobby"].history_bytes
+    history = h.chat.rooms["lobby"].history.bytes
     h.connect("bob", room=None)
     for _ in range(50):
         h.send("bob", join("lobby", since=0))
@@ -578,7 +578,7 @@ def test_disconnects_leave_no_state_behind() -> None:
             h.drop(f"p{round_}-{i}")
         h.tick()
     assert h.chat.stats()["rooms"] == 0
-    assert h.chat._touched == set() and h.chat._active == [] and h.chat._counts == set()
+    assert h.chat._batch.touched == set() and h.chat._batch.active == [] and h.chat._counts == set()
 
 
 @pytest.mark.parametrize(

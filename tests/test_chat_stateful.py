@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
-from fake_backplane import FakeBackplane, Hub
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from support.fake_backplane import FakeBackplane, Hub
 
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 
@@ -249,9 +249,9 @@ class ChatMachine(RuleBasedStateMachine):
         for chat in self.nodes:
             for room in chat.rooms.values():
                 assert room.multi == sum(len(m.rooms) > 1 for m in room.members)
-                assert room.history_bytes == sum(len(data) for _, data in room.history)
-            total = sum(room.history_bytes for room in chat.rooms.values())
-            assert chat._history_total == total
+                assert room.history.bytes == sum(len(data) for _, data in room.history)
+            total = sum(room.history.bytes for room in chat.rooms.values())
+            assert chat._ledger.total == total
 
 
 class TwoNodeChatMachine(ChatMachine):

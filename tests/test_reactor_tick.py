@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from wsnet._reactor import Channel, Reactor
+from wsnet._channel import Channel
+from wsnet._reactor import Reactor
 
 
 class FakeClock:

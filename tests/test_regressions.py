@@ -24,10 +24,11 @@ from support.wire import raw_frame
 from websockets.asyncio.client import connect
 
 import wsnet
+from wsnet._channel import Channel
 from wsnet._clock import Timers
 from wsnet._deflate import DeflateParams
 from wsnet._limits import TokenBucket
-from wsnet._reactor import Channel, Reactor
+from wsnet._reactor import Reactor
 from wsnet.chat import ChatError, parse_command
 from wsnet.server import tls_context
 from wsnet.tokens import TokenError, make_token, verify_token

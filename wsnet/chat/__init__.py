@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from wsnet.chat.app import ChatApp
     from wsnet.chat.protocol import MAX_TEXT_CHARS, ChatError, parse_command, valid_name, valid_room
-    from wsnet.chat.rooms import Chat, ChatSettings
+    from wsnet.chat.rooms import Chat
+    from wsnet.chat.settings import ChatSettings
 
 _HOMES = {
     "MAX_TEXT_CHARS": "wsnet.chat.protocol",
     "Chat": "wsnet.chat.rooms",
     "ChatApp": "wsnet.chat.app",
     "ChatError": "wsnet.chat.protocol",
-    "ChatSettings": "wsnet.chat.rooms",
+    "ChatSettings": "wsnet.chat.settings",
     "parse_command": "wsnet.chat.protocol",
     "valid_name": "wsnet.chat.protocol",
     "valid_room": "wsnet.chat.protocol",

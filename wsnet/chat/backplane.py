@@ -12,28 +12,50 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from wsnet.chat.loop import Loop
 from wsnet.metrics import Metric
 
-if TYPE_CHECKING:
-    from wsnet.chat.rooms import Chat
-
-__all__ = ["Backplane", "LocalBackplane", "new_epoch"]
+__all__ = ["Backplane", "LocalBackplane", "RoomSink", "new_epoch"]
 
 log = logging.getLogger("wsnet")
 
 Failed = Callable[[], None]
 
 
+class RoomSink(Protocol):
+    """What a backplane may tell the rooms (``Chat`` is one): all it knows of them."""
+
+    @property
+    def history_limit(self) -> int:
+        """Messages a room keeps for replay (a remote store keeps as many)."""
+        ...
+
+    def last_seq(self, room: str) -> int:
+        """The newest ``seq`` the room holds here (0 if none)."""
+        ...
+
+    def deliver(self, room: str, seq: int, encoded: str) -> None: ...
+
+    def room_loaded(
+        self, room: str, epoch: str, seq: int, history: list[tuple[int, str]],
+        remote: dict[str, str],
+    ) -> None: ...
+
+    def room_failed(self, room: str) -> None: ...
+    def remote_presence(self, room: str, event: dict[str, Any]) -> None: ...
+    def local_members(self, room: str) -> list[tuple[str, str]]: ...
+
+
 class Backplane(Protocol):
     """What ``Chat`` asks of a backplane. ``remote`` is False when ``Chat``
-    itself numbers messages and keeps history."""
+    itself numbers messages and keeps history; then ``publish`` delivers at
+    once and ``open_room``/``close_room``/``presence`` are never needed."""
 
     remote: bool
 
-    def attach(self, chat: Chat[Any]) -> None: ...
+    def attach(self, sink: RoomSink) -> None: ...
     def start(self, loop: Loop) -> None: ...
     def stop(self) -> None: ...
     def publish(self, room: str, prefix: str, suffix: str, failed: Failed) -> None: ...
@@ -49,8 +71,8 @@ class LocalBackplane:
 
     remote = False
 
-    def attach(self, chat: Chat[Any]) -> None:
-        self.chat = chat
+    def attach(self, sink: RoomSink) -> None:
+        self.sink = sink
 
     def start(self, loop: Loop) -> None:
         pass
@@ -59,8 +81,8 @@ class LocalBackplane:
         pass
 
     def publish(self, room: str, prefix: str, suffix: str, failed: Failed) -> None:
-        seq = self.chat.rooms[room].seq + 1
-        self.chat.deliver(room, seq, f"{prefix}{seq}{suffix}")
+        seq = self.sink.last_seq(room) + 1
+        self.sink.deliver(room, seq, f"{prefix}{seq}{suffix}")
 
     def open_room(self, room: str) -> None:
         pass

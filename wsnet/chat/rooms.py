@@ -1,31 +1,24 @@
-"""Rooms, presence, history and per-tick batching, without sockets.
+"""Rooms, presence, history and resume: the chat's rules, without sockets.
 
 ``Chat`` is fed commands and a clock and answers with frames: ``connect``
 returns the welcome frame, and ``flush`` (once per tick) returns each batch as
-``(peers, frame)``, where every peer in the list gets the same text. A peer is
+``(peers, frame)`` (see ``batch`` for how events become frames). A peer is
 whatever the caller uses to reach a client (the server passes connections).
-
-Batching rules, which the tests hold it to:
-
-- A client gets at most one frame per tick, holding the tick's events of all
-  its rooms after its own replies (``personal`` events, in order).
-- Members with the same set of active rooms and nothing personal share one
-  frame, so the common case (one room, no replies) is one encode per room.
-- A client that joins mid-tick got the room's state in its join reply, so it
-  skips the events the room had already queued (``skip``); one that leaves
-  mid-tick still gets what was queued before it left, then its ``leave``.
+History is ``history.History`` per room under one ``Ledger``; a backplane
+(``backplane``) numbers messages and tells ``Chat`` what other nodes did,
+through the ``RoomSink`` methods at the end of the class.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from wsnet.chat.backplane import Backplane, LocalBackplane, new_epoch
+from wsnet.chat.batch import Batch, Frames
+from wsnet.chat.history import Ledger
 from wsnet.chat.protocol import (
     ChatError,
     Command,
@@ -37,120 +30,12 @@ from wsnet.chat.protocol import (
     frame,
     parse_command,
 )
+from wsnet.chat.settings import ChatSettings
+from wsnet.chat.state import Member, Room
 
 __all__ = ["Chat", "ChatSettings", "Member", "Room"]
 
 P = TypeVar("P")
-
-
-@dataclass(frozen=True, slots=True)
-class ChatSettings:
-    """The chat application's limits, each a named default with its reason."""
-
-    #: Messages a room keeps for replay: about an evening of a lively channel.
-    history: int = 1000
-    #: ...and at most this many bytes of them (encoded), so big texts cannot
-    #: make one room's history tens of megabytes.
-    history_bytes: int = 1 << 20
-    #: Rooms one connection may be in at once: a sidebar, not a crawler.
-    max_rooms_per_client: int = 32
-    #: Above this many members presence is a count (see ``Room.counting``):
-    #: member lists in every join reply would cost O(members²) per room.
-    presence_limit: int = 100
-    #: How often a counting room's members hear the new count, in seconds.
-    count_interval: float = 1.0
-    #: An empty room keeps its history this long for clients coming back.
-    room_ttl: float = 600.0
-    #: ...and at most this many empty rooms are kept, oldest forgotten first.
-    max_idle_rooms: int = 10_000
-    #: All rooms' history together: past it, empty rooms are forgotten oldest
-    #: first, then the room being written to keeps less.
-    history_total_bytes: int = 256 << 20
-
-    def __post_init__(self) -> None:
-        if self.history < 0 or self.max_rooms_per_client < 1 or self.presence_limit < 0:
-            raise ValueError("history >= 0, max_rooms_per_client >= 1, presence_limit >= 0")
-        if not 64 * 1024 <= self.history_bytes <= self.history_total_bytes:
-            raise ValueError("64 KiB <= history_bytes <= history_total_bytes")
-        if not (self.count_interval > 0 and self.room_ttl >= 0 and self.max_idle_rooms >= 0):
-            raise ValueError("count_interval > 0, room_ttl >= 0, max_idle_rooms >= 0")
-
-    @property
-    def replay_budget(self) -> int:
-        """Replayed bytes one client may ask for in one tick: two full rooms.
-        Without it, join-with-since and leave in a loop would copy a room's
-        whole history into one frame a hundred times over."""
-        return 2 * self.history_bytes
-
-
-class Member(Generic[P]):
-    """One connected client as the chat sees it."""
-
-    __slots__ = ("peer", "id", "name", "pinned", "default_room", "rooms", "personal", "skip",
-                 "stamp", "replayed", "joining", "gone")
-
-    def __init__(self, peer: P, ident: str, name: str, pinned: bool) -> None:
-        self.peer = peer
-        self.id = ident
-        self.name = name
-        #: The name came from an auth token and cannot change.
-        self.pinned = pinned
-        self.default_room: str | None = None
-        self.rooms: dict[str, Room] = {}
-        #: Replies waiting for this tick's frame (None: nothing).
-        self.personal: list[str] | None = None
-        #: For rooms joined this tick: how many of their queued events to skip.
-        self.skip: dict[Room, int] | None = None
-        self.stamp = 0  # the last flush that built this member's frame
-        self.replayed = 0  # history bytes replayed to it this tick
-        #: Joins waiting for a remote room to load (Redis backplane): name -> command.
-        self.joining: dict[str, Join] | None = None
-        self.gone = False  # disconnected: late answers are dropped
-
-    def __repr__(self) -> str:
-        return f"<Member {self.id} {self.name!r} in {len(self.rooms)} rooms>"
-
-
-class Room:
-    """Members, the message sequence, history, and the tick's queued events."""
-
-    __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
-                 "history_bytes", "counting", "count_due", "remote", "loading", "waiting")
-
-    def __init__(self, name: str, order: int, epoch: str) -> None:
-        self.name = name
-        self.order = order  # creation order: sorts rooms the same way for everyone
-        #: Names this incarnation of the room's ``seq`` numbering.
-        self.epoch = epoch
-        self.seq = 0
-        #: Member -> its peer, in join order: ``values()`` is a ready recipient list.
-        self.members: dict[Member[Any], Any] = {}
-        #: How many members are in other rooms too (they need a frame per room set).
-        self.multi = 0
-        self.pending: list[str] = []
-        #: (seq, event as UTF-8): bytes, so that what is counted is what is held.
-        self.history: deque[tuple[int, bytes]] = deque()
-        self.history_bytes = 0
-        #: Presence is a count, not a member list (more than presence_limit members).
-        self.counting = False
-        self.count_due = 0.0  # when its members may next hear the count
-        #: Members on other nodes (backplane): id -> name.
-        self.remote: dict[str, str] = {}
-        #: Its state is being fetched from the backplane; ``waiting`` join it then.
-        self.loading = False
-        self.waiting: list[Member[Any]] = []
-
-    @property
-    def size(self) -> int:
-        return len(self.members) + len(self.remote)
-
-    @property
-    def first_seq(self) -> int:
-        """The oldest ``seq`` history can replay (``seq + 1`` if none)."""
-        return self.history[0][0] if self.history else self.seq + 1
-
-    def __repr__(self) -> str:
-        return f"<Room {self.name!r} seq={self.seq} members={len(self.members)}>"
 
 
 class Chat(Generic[P]):
@@ -174,15 +59,14 @@ class Chat(Generic[P]):
         #: (the same as ``clock`` when only that is given, as tests do).
         self.timer = timer or (time.monotonic if clock is time.time else clock)
         self._new_epoch = new_epoch
-        self._history_total = 0
+        s = self.settings
+        self._ledger = Ledger(s.history, s.history_bytes, s.history_total_bytes)
+        self._batch: Batch[P] = Batch()
         self.rooms: dict[str, Room] = {}
         #: Empty rooms kept for their history, oldest first: name -> emptied at.
         self._idle: OrderedDict[str, float] = OrderedDict()
-        self._active: list[Room] = []  # rooms with queued events this tick
-        self._touched: set[Member[P]] = set()  # members with personal or skip state
         self._counts: set[Room] = set()  # counting rooms whose count changed
         self._rooms_made = 0
-        self._stamp = 0
 
     # -- clients -------------------------------------------------------------
 
@@ -207,9 +91,7 @@ class Chat(Generic[P]):
             member.default_room = room
             self._join(member, Join(room, since, epoch))
         welcome = frame(member.personal)
-        member.personal = None
-        if member.skip is None:
-            self._touched.discard(member)
+        self._batch.sent_directly(member)
         return member, welcome
 
     def receive(self, member: Member[P], text: str) -> None:
@@ -233,7 +115,7 @@ class Chat(Generic[P]):
     def reply(self, member: Member[P], event: dict[str, Any]) -> None:
         """Queue an event for this member only, in its next tick frame."""
         if not member.gone:
-            self._personal(member).append(encode_event(event))
+            self._batch.personal(member).append(encode_event(event))
 
     def disconnect(self, member: Member[P]) -> None:
         """The client is gone: it leaves every room, its replies are dropped."""
@@ -242,9 +124,7 @@ class Chat(Generic[P]):
         for name in list(member.joining or ()):
             self._unwait(member, name)
         member.gone = True
-        member.personal = None
-        member.skip = None
-        self._touched.discard(member)
+        self._batch.forget(member)
 
     # -- commands ------------------------------------------------------------
 
@@ -282,12 +162,10 @@ class Chat(Generic[P]):
             return  # not ours, not ready (it is in what loads), or seen already
         data = encoded.encode()  # before seq moves: a failure must not leave a hole
         if seq != room.seq + 1:  # a jump: history must stay consecutive
-            self._history_total -= room.history_bytes
             room.history.clear()
-            room.history_bytes = 0
         room.seq = seq
         self._remember(room, data)
-        self._emit(room, encoded)
+        self._batch.emit(room, encoded)
 
     def _join(self, member: Member[P], command: Join) -> None:
         name = command.room
@@ -325,22 +203,10 @@ class Chat(Generic[P]):
         elif len(member.rooms) > 2:
             room.multi += 1
         joined = encode_event(_person("join", room, member))
-        if self._remote:
-            self.backplane.presence(name, member.id, member.name, joined)
-        if room.counting:
-            self._count_changed(room)
-        elif room.size > self.settings.presence_limit:
-            room.counting = True
-            self._emit(room, encode_event(_count_event(room)))
-            room.count_due = self.timer() + self.settings.count_interval
-        else:
-            self._emit(room, joined)
-        if room.pending:
-            if member.skip is None:
-                member.skip = {}
-            member.skip[room] = len(room.pending)
-            self._touched.add(member)
-        personal = self._personal(member)
+        self.backplane.presence(name, member.id, member.name, joined)
+        self._presence_changed(room, joined)
+        self._batch.skip_queued(member, room)
+        personal = self._batch.personal(member)
         personal.append(encode_event(self._snapshot(room)))
         personal.extend(replay)
 
@@ -354,7 +220,7 @@ class Chat(Generic[P]):
         if room is None:
             self.reply(member, ChatError("not_in_room", f"not in '{name}'", name).event())
             return
-        personal = self._personal(member)
+        personal = self._batch.personal(member)
         start = member.skip.pop(room, 0) if member.skip else 0
         personal.extend(room.pending[start:])  # what it was here for
         personal.append(encode_event(_person("leave", room, member)))
@@ -369,10 +235,9 @@ class Chat(Generic[P]):
             event = _person("nick", room, member)
             event["old"] = old
             encoded = encode_event(event)
-            if self._remote:
-                self.backplane.presence(room.name, member.id, member.name, encoded)
+            self.backplane.presence(room.name, member.id, member.name, encoded)
             if not room.counting:
-                self._emit(room, encoded)
+                self._batch.emit(room, encoded)
         self.reply(member, {"type": "nick", "id": member.id, "name": member.name, "old": old})
 
     # -- rooms ---------------------------------------------------------------
@@ -381,7 +246,7 @@ class Chat(Generic[P]):
         room = self.rooms.get(name)
         if room is None:
             self._rooms_made += 1
-            room = self.rooms[name] = Room(name, self._rooms_made, self._new_epoch())
+            room = self.rooms[name] = Room(name, self._rooms_made, self._new_epoch(), self._ledger)
         else:
             self._idle.pop(name, None)
         return room
@@ -398,12 +263,11 @@ class Chat(Generic[P]):
         if member.skip is not None:
             member.skip.pop(room, None)
         left = encode_event(_person("leave", room, member))
-        if self._remote:
-            self.backplane.presence(room.name, member.id, None, left)
+        self.backplane.presence(room.name, member.id, None, left)
         if room.counting:
-            self._count_changed(room)
+            self._counts.add(room)
         else:
-            self._emit(room, left)
+            self._batch.emit(room, left)
         if not room.members:
             self._emptied(room)
 
@@ -412,7 +276,7 @@ class Chat(Generic[P]):
         room.counting = False
         self._counts.discard(room)
         if self._remote:  # history lives in the backplane: forget the room here
-            self._history_total -= room.history_bytes
+            room.history.clear()
             del self.rooms[room.name]
             self.backplane.close_room(room.name)
             return
@@ -425,26 +289,15 @@ class Chat(Generic[P]):
 
     def _forget_oldest_idle(self) -> None:
         name, _ = self._idle.popitem(last=False)
-        room = self.rooms.pop(name)
-        self._history_total -= room.history_bytes
+        self.rooms.pop(name).history.clear()
 
     def _remember(self, room: Room, data: bytes) -> None:
-        history = room.history
-        history.append((room.seq, data))
-        room.history_bytes += len(data)
-        self._history_total += len(data)
-        while self._history_total > self.settings.history_total_bytes and self._idle:
+        """Keep the room's newest message; over the global budget, idle rooms
+        are forgotten before this one keeps less."""
+        room.history.append(room.seq, data)
+        while self._ledger.over and self._idle:
             self._forget_oldest_idle()
-        limit, budget = self.settings.history, self.settings.history_bytes
-        total_budget = self.settings.history_total_bytes
-        while history and (
-            len(history) > limit
-            or room.history_bytes > budget
-            or (self._history_total > total_budget and len(history) > 1)
-        ):
-            size = len(history.popleft()[1])
-            room.history_bytes -= size
-            self._history_total -= size
+        room.history.trim()
 
     def _replay(self, room: Room, since: int, epoch: str | None) -> tuple[list[str], int]:
         """The join reply after the snapshot, and its history bytes: a gap
@@ -460,10 +313,8 @@ class Chat(Generic[P]):
             if reset:
                 gap["reset"] = True
             events.append(encode_event(gap))
-        # History holds consecutive seqs (a seq moves only once its event is
-        # stored), so the position of ``after + 1`` is arithmetic.
         size = 0
-        for _, data in islice(room.history, max(0, after + 1 - first), None):
+        for data in room.history.after(after):
             events.append(data.decode())
             size += len(data)
         return events, size
@@ -481,8 +332,19 @@ class Chat(Generic[P]):
             snapshot["members"] += [{"id": i, "name": n} for i, n in room.remote.items()]
         return snapshot
 
-    def _count_changed(self, room: Room) -> None:
-        self._counts.add(room)
+    def _presence_changed(self, room: Room, encoded: str, resized: bool = True) -> None:
+        """A join here, or any presence change on another node: members hear
+        the event, or, past the presence limit, the count (at most once per
+        ``count_interval``; a rename does not change it)."""
+        if room.counting:
+            if resized:
+                self._counts.add(room)
+        elif room.size > self.settings.presence_limit:
+            room.counting = True
+            self._batch.emit(room, encode_event(_count_event(room)))
+            room.count_due = self.timer() + self.settings.count_interval
+        else:
+            self._batch.emit(room, encoded)
 
     def _update_counts(self, now: float) -> None:
         """Tell each counting room its new size, at most once per interval; a
@@ -497,7 +359,7 @@ class Chat(Generic[P]):
                 del event["epoch"], event["seq"]
             else:
                 event = _count_event(room)
-            self._emit(room, encode_event(event))
+            self._batch.emit(room, encode_event(event))
 
     def _expire(self, now: float) -> None:
         idle, ttl = self._idle, self.settings.room_ttl
@@ -512,7 +374,8 @@ class Chat(Generic[P]):
         """A join of a room this node does not hold yet: load it, join then."""
         if room is None:
             self._rooms_made += 1
-            room = self.rooms[command.room] = Room(command.room, self._rooms_made, "")
+            room = self.rooms[command.room] = Room(
+                command.room, self._rooms_made, "", self._ledger)
             room.loading = True
             room.waiting.append(member)
             if member.joining is None:
@@ -536,59 +399,71 @@ class Chat(Generic[P]):
         self, name: str, epoch: str, seq: int, history: list[tuple[int, str]],
         remote: dict[str, str],
     ) -> None:
-        """The backplane's state of a room: its first load here (the waiting
-        joins go ahead), or a reload after an outage (catch up, or reset)."""
+        """The backplane's state of a room: its first load here, or a reload
+        after an outage (a new epoch, or what was missed)."""
         room = self.rooms.get(name)
         if room is None:
             return
         if room.loading:
-            room.loading = False
-            room.epoch, room.seq, room.remote = epoch, 0, remote
-            self._load_history(room, history)
-            room.seq = max(room.seq, seq)
-            waiting, room.waiting = room.waiting, []
-            for member in waiting:
-                command = member.joining.pop(name, None) if member.joining else None
-                if command is not None and not member.gone:
-                    self._join(member, command)
-            if not room.members:
-                self._emptied(room)
+            self._first_load(room, epoch, seq, history, remote)
             return
         changed = remote != room.remote
         room.remote = remote
-        if epoch != room.epoch:  # the backplane lost the room: numbering restarted
-            # Members hear what a join would answer: the new epoch, a reset gap,
-            # and what the new epoch already holds.
-            since = room.seq
-            room.epoch, room.seq = epoch, 0
-            self._history_total -= room.history_bytes
-            room.history.clear()
-            room.history_bytes = 0
-            self._load_history(room, history)
-            room.seq = max(room.seq, seq)
-            self._emit(room, encode_event(self._snapshot(room)))
-            gap = {"type": "gap", "room": name, "since": since, "first": room.first_seq,
-                   "reset": True}
-            self._emit(room, encode_event(gap))
-            for _, data in room.history:
-                self._emit(room, data.decode())
+        if epoch != room.epoch:
+            self._epoch_reset(room, epoch, seq, history)
             return
-        # What was published while we were away: all of it, or a gap first if
-        # the backplane's history no longer reaches back to where we were.
-        first = history[0][0] if history else seq + 1
-        if first > room.seq + 1:
-            gap = {"type": "gap", "room": name, "since": room.seq, "first": first}
-            self._emit(room, encode_event(gap))
-            self._history_total -= room.history_bytes
-            room.history.clear()
-            room.history_bytes = 0
-            room.seq = first - 1
-        for entry_seq, event in history:
-            self.deliver(name, entry_seq, event)
+        self._catch_up(room, seq, history)
         if changed and not room.counting:
             snapshot = self._snapshot(room)
             del snapshot["epoch"], snapshot["seq"]
-            self._emit(room, encode_event(snapshot))
+            self._batch.emit(room, encode_event(snapshot))
+
+    def _first_load(
+        self, room: Room, epoch: str, seq: int, history: list[tuple[int, str]],
+        remote: dict[str, str],
+    ) -> None:
+        """The room is known here at last: the joins waiting for it go ahead."""
+        room.loading = False
+        room.epoch, room.seq, room.remote = epoch, 0, remote
+        self._load_history(room, history)
+        room.seq = max(room.seq, seq)
+        waiting, room.waiting = room.waiting, []
+        for member in waiting:
+            command = member.joining.pop(room.name, None) if member.joining else None
+            if command is not None and not member.gone:
+                self._join(member, command)
+        if not room.members:
+            self._emptied(room)
+
+    def _epoch_reset(
+        self, room: Room, epoch: str, seq: int, history: list[tuple[int, str]],
+    ) -> None:
+        """The backplane lost the room and numbering restarted. Members hear
+        what a join would answer: the new epoch, a reset gap, and what the new
+        epoch already holds."""
+        since = room.seq
+        room.epoch, room.seq = epoch, 0
+        room.history.clear()
+        self._load_history(room, history)
+        room.seq = max(room.seq, seq)
+        emit = self._batch.emit
+        emit(room, encode_event(self._snapshot(room)))
+        emit(room, encode_event({"type": "gap", "room": room.name, "since": since,
+                                 "first": room.first_seq, "reset": True}))
+        for _, data in room.history:
+            emit(room, data.decode())
+
+    def _catch_up(self, room: Room, seq: int, history: list[tuple[int, str]]) -> None:
+        """What was published while we were away: all of it, or a gap first if
+        the backplane's history no longer reaches back to where we were."""
+        first = history[0][0] if history else seq + 1
+        if first > room.seq + 1:
+            gap = {"type": "gap", "room": room.name, "since": room.seq, "first": first}
+            self._batch.emit(room, encode_event(gap))
+            room.history.clear()
+            room.seq = first - 1
+        for entry_seq, event in history:
+            self.deliver(room.name, entry_seq, event)
 
     def _load_history(self, room: Room, history: list[tuple[int, str]]) -> None:
         for entry_seq, event in history:
@@ -625,100 +500,28 @@ class Chat(Generic[P]):
             room.remote[ident] = event["name"]
         else:
             return
-        if room.counting:
-            if kind != "nick":
-                self._count_changed(room)
-        elif room.size > self.settings.presence_limit:
-            room.counting = True
-            self._emit(room, encode_event(_count_event(room)))
-            room.count_due = self.timer() + self.settings.count_interval
-        else:
-            self._emit(room, encode_event({**event, "room": name}))
+        self._presence_changed(room, encode_event({**event, "room": name}), kind != "nick")
 
     def local_members(self, name: str) -> list[tuple[str, str]]:
         room = self.rooms.get(name)
         return [(m.id, m.name) for m in room.members] if room is not None else []
 
-    # -- batching ------------------------------------------------------------
+    @property
+    def history_limit(self) -> int:
+        return self.settings.history
 
-    def _emit(self, room: Room, encoded: str) -> None:
-        if not room.pending:
-            self._active.append(room)
-        room.pending.append(encoded)
+    def last_seq(self, name: str) -> int:
+        room = self.rooms.get(name)
+        return room.seq if room is not None else 0
 
-    def _personal(self, member: Member[P]) -> list[str]:
-        if member.personal is None:
-            member.personal = []
-            self._touched.add(member)
-        return member.personal
+    # -- the tick ------------------------------------------------------------
 
-    def flush(self) -> list[tuple[list[P], str]]:
+    def flush(self) -> Frames[P]:
         """End the tick: every frame to send, each with the peers that get it."""
         now = self.timer()
         self._update_counts(now)
         self._expire(now)
-        self._stamp += 1
-        stamp = self._stamp
-        # A room emptied and refilled this tick is listed twice: keep one.
-        active = list(dict.fromkeys(room for room in self._active if room.pending))
-        self._active = []
-        joined = {room: ",".join(room.pending) for room in active}
-        groups: dict[tuple[Room, ...], list[P]] = {}
-        frames: list[tuple[list[P], str]] = []
-        # Rooms where someone has replies, a mid-tick join, or other rooms need
-        # a look at each member; the rest send one frame to all, built in C.
-        busy = {room for member in self._touched for room in member.rooms.values()}
-        for room in active:
-            if not room.multi and room not in busy:
-                groups[(room,)] = list(room.members.values())
-                continue
-            simple: list[P] = []
-            for member in room.members:
-                if member.stamp == stamp:
-                    continue
-                if member.personal is None and member.skip is None and len(member.rooms) == 1:
-                    simple.append(member.peer)
-                    continue
-                member.stamp = stamp
-                self._complex(member, joined, groups, frames)
-            if simple:
-                groups.setdefault((room,), []).extend(simple)
-        for member in self._touched:
-            if member.stamp != stamp and member.personal:
-                member.stamp = stamp
-                self._complex(member, joined, groups, frames)
-            member.personal = None
-            member.skip = None
-            member.replayed = 0
-        self._touched.clear()
-        for room in active:
-            room.pending = []
-        for key, peers in groups.items():
-            frames.append((peers, "[" + ",".join(joined[room] for room in key) + "]"))
-        return frames
-
-    def _complex(
-        self,
-        member: Member[P],
-        joined: dict[Room, str],
-        groups: dict[tuple[Room, ...], list[P]],
-        frames: list[tuple[list[P], str]],
-    ) -> None:
-        """A member in several rooms, or with replies or a mid-tick join."""
-        rooms = sorted((r for r in member.rooms.values() if r in joined), key=_by_order)
-        if member.personal is None and member.skip is None:
-            groups.setdefault(tuple(rooms), []).append(member.peer)
-            return
-        parts = list(member.personal or ())
-        skip = member.skip or {}
-        for room in rooms:
-            start = skip.get(room, 0)
-            if start == 0:
-                parts.append(joined[room])
-            else:
-                parts.extend(room.pending[start:])
-        if parts:
-            frames.append(([member.peer], frame(parts)))
+        return self._batch.frames()
 
     # -- reporting -----------------------------------------------------------
 
@@ -728,10 +531,6 @@ class Chat(Generic[P]):
             "idle_rooms": len(self._idle),
             "history_messages": sum(len(r.history) for r in self.rooms.values()),
         }
-
-
-def _by_order(room: Room) -> int:
-    return room.order
 
 
 def _person(kind: str, room: Room, member: Member[Any]) -> dict[str, Any]:

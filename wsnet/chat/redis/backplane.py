@@ -26,16 +26,13 @@ import secrets
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from wsnet.chat.backplane import Failed, new_epoch
+from wsnet.chat.backplane import Failed, RoomSink, new_epoch
 from wsnet.chat.loop import Cancellable, Loop
 from wsnet.chat.redis.link import RedisLink
 from wsnet.chat.redis.resp import RedisAddress, RedisError
 from wsnet.metrics import Counter, Gauge, Histogram, Metric
-
-if TYPE_CHECKING:
-    from wsnet.chat.rooms import Chat
 
 __all__ = ["RedisBackplane"]
 
@@ -145,8 +142,8 @@ class RedisBackplane:
 
     # -- life ----------------------------------------------------------------
 
-    def attach(self, chat: Chat[Any]) -> None:
-        self.chat = chat
+    def attach(self, sink: RoomSink) -> None:
+        self.sink = sink
 
     def start(self, loop: Loop) -> None:
         self.loop = loop
@@ -227,7 +224,7 @@ class RedisBackplane:
 
         keys = [self._key(room, "seq"), self._key(room, "log"), self._channel(room),
                 self._key(room, "epoch")]
-        args: list[str | int] = [prefix, suffix, self.chat.settings.history, new_epoch(),
+        args: list[str | int] = [prefix, suffix, self.sink.history_limit, new_epoch(),
                                  self.history_ttl]
         if not self._run(_PUBLISH, keys, args, done):
             self.publish_errors.inc()
@@ -249,12 +246,12 @@ class RedisBackplane:
         kind, _, rest = payload.partition(b" ")
         if kind == b"m":
             seq_text, _, event = rest.partition(b" ")
-            apply = partial(self.chat.deliver, room, int(seq_text), event.decode())
+            apply = partial(self.sink.deliver, room, int(seq_text), event.decode())
         elif kind == b"p":
             node, _, event = rest.partition(b" ")
             if node.decode() == self.node:
                 return
-            apply = partial(self.chat.remote_presence, room, json.loads(event))
+            apply = partial(self.sink.remote_presence, room, json.loads(event))
         else:
             return
         pending = self._loading.get(room)
@@ -298,11 +295,11 @@ class RedisBackplane:
                     remote[node_and_id.partition("|")[2]] = name.decode()
             pending = self._loading.pop(room, [])
             self._first_load.discard(room)
-            self.chat.room_loaded(room, epoch.decode(), int(seq), history, remote)
+            self.sink.room_loaded(room, epoch.decode(), int(seq), history, remote)
             for apply in pending:
                 apply()
 
-        if not self._run(_LOAD, keys, [new_epoch(), self.chat.settings.history], loaded):
+        if not self._run(_LOAD, keys, [new_epoch(), self.sink.history_limit], loaded):
             self._room_failed(room)
 
     def _room_failed(self, room: str) -> None:
@@ -310,7 +307,7 @@ class RedisBackplane:
         if room in self._first_load:
             self._first_load.discard(room)
             self._open.discard(room)
-            self.chat.room_failed(room)
+            self.sink.room_failed(room)
 
     def close_room(self, room: str) -> None:
         self._open.discard(room)
@@ -353,7 +350,7 @@ class RedisBackplane:
         """Register every local member again (Redis may have lost them, or
         another node may have taken us for dead) and tell the other nodes."""
         for room in self._open:
-            for member_id, name in self.chat.local_members(room):
+            for member_id, name in self.sink.local_members(room):
                 event = {"type": "join", "room": room, "id": member_id, "name": name}
                 self.presence(room, member_id, name, json.dumps(event, ensure_ascii=False))
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from wsnet.chat.rooms import Chat
+from wsnet.chat.backplane import RoomSink
+from wsnet.chat.loop import Loop
 
 
 @dataclass
@@ -68,10 +69,10 @@ class FakeBackplane:
         self.open: set[str] = set()
         self.detached = False  # its links are down: it hears and says nothing
 
-    def attach(self, chat: Chat[Any]) -> None:
-        self.chat = chat
+    def attach(self, sink: RoomSink) -> None:
+        self.sink = sink
 
-    def start(self, reactor: Any) -> None:
+    def start(self, loop: Loop) -> None:
         pass
 
     def stop(self) -> None:
@@ -94,13 +95,13 @@ class FakeBackplane:
             event = f"{prefix}{state.seq}{suffix}"
             state.history = [*state.history, (state.seq, event)][-self.hub.history:]
             for node in list(state.subscribers):
-                node.chat.deliver(room, state.seq, event)
+                node.sink.deliver(room, state.seq, event)
 
         self.hub.queue.append(run)
 
     def open_room(self, room: str) -> None:
         if self.detached:
-            self.chat.room_failed(room)
+            self.sink.room_failed(room)
             return
         self.open.add(room)
 
@@ -118,7 +119,7 @@ class FakeBackplane:
         remote = {
             f.partition("|")[2]: n for f, n in state.members.items() if not f.startswith(mine)
         }
-        self.chat.room_loaded(room, state.epoch, state.seq, list(state.history), remote)
+        self.sink.room_loaded(room, state.epoch, state.seq, list(state.history), remote)
 
     def close_room(self, room: str) -> None:
         self.open.discard(room)
@@ -139,7 +140,7 @@ class FakeBackplane:
             if event:
                 for node in list(state.subscribers):
                     if node is not self:
-                        node.chat.remote_presence(room, json.loads(event))
+                        node.sink.remote_presence(room, json.loads(event))
 
         self.hub.queue.append(run)
 
@@ -157,7 +158,7 @@ class FakeBackplane:
     def reconnected(self) -> None:
         """As after an outage: members registered again, rooms reloaded."""
         for room in self.open:
-            for member_id, name in self.chat.local_members(room):
+            for member_id, name in self.sink.local_members(room):
                 event = {"type": "join", "room": room, "id": member_id, "name": name}
                 self.presence(room, member_id, name, json.dumps(event))
         for room in list(self.open):

@@ -1,0 +1,47 @@
+"""The chat application's limits: one frozen value, a reason beside each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ChatSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """The chat application's limits, each a named default with its reason."""
+
+    #: Messages a room keeps for replay: about an evening of a lively channel.
+    history: int = 1000
+    #: ...and at most this many bytes of them (encoded), so big texts cannot
+    #: make one room's history tens of megabytes.
+    history_bytes: int = 1 << 20
+    #: Rooms one connection may be in at once: a sidebar, not a crawler.
+    max_rooms_per_client: int = 32
+    #: Above this many members presence is a count (see ``Room.counting``):
+    #: member lists in every join reply would cost O(members²) per room.
+    presence_limit: int = 100
+    #: How often a counting room's members hear the new count, in seconds.
+    count_interval: float = 1.0
+    #: An empty room keeps its history this long for clients coming back.
+    room_ttl: float = 600.0
+    #: ...and at most this many empty rooms are kept, oldest forgotten first.
+    max_idle_rooms: int = 10_000
+    #: All rooms' history together: past it, empty rooms are forgotten oldest
+    #: first, then the room being written to keeps less.
+    history_total_bytes: int = 256 << 20
+
+    def __post_init__(self) -> None:
+        if self.history < 0 or self.max_rooms_per_client < 1 or self.presence_limit < 0:
+            raise ValueError("history >= 0, max_rooms_per_client >= 1, presence_limit >= 0")
+        if not 64 * 1024 <= self.history_bytes <= self.history_total_bytes:
+            raise ValueError("64 KiB <= history_bytes <= history_total_bytes")
+        if not (self.count_interval > 0 and self.room_ttl >= 0 and self.max_idle_rooms >= 0):
+            raise ValueError("count_interval > 0, room_ttl >= 0, max_idle_rooms >= 0")
+
+    @property
+    def replay_budget(self) -> int:
+        """Replayed bytes one client may ask for in one tick: two full rooms.
+        Without it, join-with-since and leave in a loop would copy a room's
+        whole history into one frame a hundred times over."""
+        return 2 * self.history_bytes

@@ -1,0 +1,85 @@
+"""The chat's records: a connected ``Member`` and a ``Room``.
+
+Plain slotted records that ``Chat`` (the rules) and ``Batch`` (the framing)
+both read and write; neither holds behaviour of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from wsnet.chat.history import History, Ledger
+from wsnet.chat.protocol import Join
+
+__all__ = ["Member", "Room"]
+
+P = TypeVar("P")
+
+
+class Member(Generic[P]):
+    """One connected client as the chat sees it."""
+
+    __slots__ = ("peer", "id", "name", "pinned", "default_room", "rooms", "personal", "skip",
+                 "stamp", "replayed", "joining", "gone")
+
+    def __init__(self, peer: P, ident: str, name: str, pinned: bool) -> None:
+        self.peer = peer
+        self.id = ident
+        self.name = name
+        #: The name came from an auth token and cannot change.
+        self.pinned = pinned
+        self.default_room: str | None = None
+        self.rooms: dict[str, Room] = {}
+        #: Replies waiting for this tick's frame (None: nothing).
+        self.personal: list[str] | None = None
+        #: For rooms joined this tick: how many of their queued events to skip.
+        self.skip: dict[Room, int] | None = None
+        self.stamp = 0  # the last flush that built this member's frame
+        self.replayed = 0  # history bytes replayed to it this tick
+        #: Joins waiting for a remote room to load (Redis backplane): name -> command.
+        self.joining: dict[str, Join] | None = None
+        self.gone = False  # disconnected: late answers are dropped
+
+    def __repr__(self) -> str:
+        return f"<Member {self.id} {self.name!r} in {len(self.rooms)} rooms>"
+
+
+class Room:
+    """Members, the message sequence, history, and the tick's queued events."""
+
+    __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
+                 "counting", "count_due", "remote", "loading", "waiting")
+
+    def __init__(self, name: str, order: int, epoch: str, ledger: Ledger) -> None:
+        self.name = name
+        self.order = order  # creation order: sorts rooms the same way for everyone
+        #: Names this incarnation of the room's ``seq`` numbering.
+        self.epoch = epoch
+        self.seq = 0
+        #: Member -> its peer, in join order: ``values()`` is a ready recipient list.
+        self.members: dict[Member[Any], Any] = {}
+        #: How many members are in other rooms too (they need a frame per room set).
+        self.multi = 0
+        #: This tick's events, encoded, in order.
+        self.pending: list[str] = []
+        self.history = History(ledger)
+        #: Presence is a count, not a member list (more than presence_limit members).
+        self.counting = False
+        self.count_due = 0.0  # when its members may next hear the count
+        #: Members on other nodes (backplane): id -> name.
+        self.remote: dict[str, str] = {}
+        #: Its state is being fetched from the backplane; ``waiting`` join it then.
+        self.loading = False
+        self.waiting: list[Member[Any]] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.members) + len(self.remote)
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest ``seq`` history can replay (``seq + 1`` if none)."""
+        return self.history.first_seq(self.seq + 1)
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r} seq={self.seq} members={len(self.members)}>"
