@@ -1,6 +1,6 @@
-"""The chat wire protocol v1 (DESIGN §2), without sockets: one client text frame
-in, one command (or the reason it is refused) out; the upgrade URL's query in,
-what the connection asked for out."""
+"""The chat wire protocol v1 (README, "The chat protocol"), without sockets: one
+client text frame in, one command (or the reason it is refused) out; the upgrade
+URL's query in, what the connection asked for out."""
 
 from __future__ import annotations
 

@@ -251,7 +251,7 @@ class ChatMachine(RuleBasedStateMachine):
                 assert room.multi == sum(len(m.rooms) > 1 for m in room.members)
                 assert room.history.bytes == sum(len(data) for _, data in room.history)
             total = sum(room.history.bytes for room in chat.rooms.values())
-            assert chat._ledger.total == total
+            assert chat._table.ledger.total == total
 
 
 class TwoNodeChatMachine(ChatMachine):

@@ -1,5 +1,6 @@
 """The public API is exactly what ``__all__`` documents, and importing it pulls
-in nothing beyond the standard library, h11 and wsproto (DESIGN §3)."""
+in nothing beyond the standard library, h11 and wsproto (ARCHITECTURE.md, "The
+public API")."""
 
 from __future__ import annotations
 

@@ -420,7 +420,7 @@ def test_deeply_nested_json_text_is_answered_not_fatal(chat_server: ServerProces
             return events
 
     events = run(scenario())
-    # Broken JSON is chat text (DESIGN §2), or at worst a refused command.
+    # Broken JSON is chat text (README, "The chat protocol"), or at worst a refused command.
     assert len(events) == 1
     assert events[0]["type"] in ("message", "error")
     if events[0]["type"] == "message":

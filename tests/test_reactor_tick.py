@@ -1,14 +1,14 @@
-"""The flush tick on a fake clock: on the grid, one catch-up after an overrun,
-never a burst."""
+"""The loop on its own: the flush tick on a fake clock (on the grid, one catch-up
+after an overrun, never a burst), and a stop request that wakes it."""
 
 from __future__ import annotations
 
-import socket
+import threading
+import time
 
 import pytest
 
-from wsnet._channel import Channel
-from wsnet._reactor import Reactor
+from wsnet._loop import Loop
 
 
 class FakeClock:
@@ -20,19 +20,12 @@ class FakeClock:
 
 
 class SlowTicks:
-    """A protocol whose ticks take the given durations on the fake clock."""
+    """Ticks that take the given durations on the fake clock."""
 
     def __init__(self, clock: FakeClock, durations: list[float]) -> None:
         self.clock = clock
         self.durations = durations
         self.started: list[float] = []
-
-    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel:
-        raise AssertionError
-
-    def data_received(self, ch: Channel, data: bytes) -> None: ...
-    def eof_received(self, ch: Channel) -> None: ...
-    def connection_lost(self, ch: Channel, exc: OSError | None) -> None: ...
 
     def tick(self) -> None:
         self.started.append(round(self.clock.now, 6))
@@ -41,18 +34,18 @@ class SlowTicks:
 
 def run_ticks(durations: list[float], count: int) -> list[float]:
     clock = FakeClock()
-    protocol = SlowTicks(clock, durations)
-    reactor = Reactor(protocol, flush_interval=0.05, high_water=1024, clock=clock)
+    ticks = SlowTicks(clock, durations)
+    loop = Loop(flush_interval=0.05, tick=ticks.tick, clock=clock)
     try:
-        reactor._arm_tick()
+        loop.arm_tick()
         for _ in range(count):
-            when = reactor.timers.next_deadline()
+            when = loop.timers.next_deadline()
             assert when is not None
             clock.now = max(clock.now, when)  # the loop sleeps until the deadline
-            reactor.timers.run_due(clock.now, on_error=lambda exc: pytest.fail(repr(exc)))
+            loop.timers.run_due(clock.now, on_error=lambda exc: pytest.fail(repr(exc)))
     finally:
-        reactor.close_all()
-    return protocol.started
+        loop.close()
+    return ticks.started
 
 
 def test_ticks_stay_on_the_grid() -> None:
@@ -69,3 +62,19 @@ def test_a_long_overrun_skips_older_missed_ticks() -> None:
     # The 0.05 tick takes 170 ms (to 0.22): 0.10 and 0.15 are skipped, 0.20 runs
     # at once, then 0.25 on the grid. No burst of three ticks.
     assert run_ticks([0.17], 3) == [0.05, 0.22, 0.25]
+
+
+def test_a_stop_request_from_another_thread_wakes_the_sleeping_loop() -> None:
+    # The only timer is an hour away: nothing but the wake-up pipe ends select().
+    loop = Loop(flush_interval=3600, tick=lambda: None, clock=time.monotonic)
+    heard: list[str] = []
+    loop.on_stop_request = lambda: heard.append(threading.current_thread().name)
+    loop.call_later(30, lambda: heard.append("deadline"))  # bounds the test if broken
+    asker = threading.Thread(target=loop.request_stop, name="asker")
+    try:
+        asker.start()
+        loop.run(until=lambda: bool(heard), serve=lambda ch, mask: None, broken=lambda ch: None)
+    finally:
+        asker.join(5)
+        loop.close()
+    assert heard == [threading.main_thread().name]  # handled on the loop, not by the asker

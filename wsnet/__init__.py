@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything in ``wsnet._*`` is private.
 Names are imported on first use (PEP 562), so ``import wsnet.chat.protocol`` or
 ``import wsnet.metrics`` does not pull in the reactor, ``socket``, ``selectors``
 or ``ssl``: the sans-I/O parts stay importable, and testable, on their own.
+ARCHITECTURE.md (beside this package) describes how the modules fit together.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``send`` and ``broadcast`` differ only in how a frame is made (once per
 message, shared by every recipient of the same compression setting); whether a
-connection may take one more frame is decided in one place, ``admits``.
+connection may take one more frame is decided in one place, ``admits``
+(ARCHITECTURE.md, "Fan-out").
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ handshake ends or ``close_timeout`` passes.
 ``Lifecycle`` is the reactor's protocol for the server; each connection's
 ``Link`` is its channel's protocol. Application callbacks never see either: an
 exception in one closes only that connection (1011), never the loop.
+ARCHITECTURE.md, "The connection lifecycle", has the table with its reasons.
 """
 
 from __future__ import annotations

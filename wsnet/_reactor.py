@@ -1,13 +1,15 @@
-"""The only module that touches sockets and selectors.
+"""The only module that calls socket methods.
 
-A single-threaded loop in the shape of curio's kernel: sleep in ``select`` until
-the next deadline, dispatch readiness, run due timers, flush. It moves bytes and
-fires timers; every decision about those bytes is the protocol's (``server.py``).
+The reactor moves bytes between sockets and the protocols above it; every
+decision about those bytes is theirs (``_lifecycle``). Its ``Loop`` (``_loop``)
+sleeps in ``select``, runs timers and fires the flush tick; this module does what
+readiness asks: accept, read, write, connect, close.
 
-Write path (DESIGN §1): protocols append to a channel's ``Outbox`` and mark it
-dirty; the flush tick writes each dirty outbox with one ``send``/``sendmsg``. Only a
-partial write registers the socket for writability, and draining unregisters it.
-A channel whose outbox is over the high-water mark is not read from.
+Write path (ARCHITECTURE.md, "The write path"): protocols append to a channel's
+``Outbox`` and mark it dirty; the flush tick writes each dirty outbox with one
+``send``/``sendmsg``. Only a partial write registers the socket for writability,
+and draining unregisters it. A channel whose outbox is over the high-water mark
+is not read from.
 
 TLS runs on the same loop: the handshake is driven by readiness like any other
 I/O (``do_handshake`` until it stops asking for more), so a slow or silent TLS
@@ -19,8 +21,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import selectors
-import signal
 import socket
 import ssl
 import time
@@ -29,7 +29,7 @@ from functools import partial
 from typing import Protocol
 
 from wsnet._channel import Channel
-from wsnet._clock import Timer, Timers, next_tick
+from wsnet._loop import READ, WRITE, Loop
 from wsnet._outbox import Outbox
 from wsnet._stream import Stream, StreamProtocol
 
@@ -39,8 +39,6 @@ __all__ = [
 
 log = logging.getLogger("wsnet")
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
 _RECV_BYTES = 64 * 1024
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
 #: accept() failures that mean "out of descriptors or memory right now".
@@ -70,32 +68,17 @@ class Reactor:
     ) -> None:
         self.protocol = protocol
         self.ssl_context = ssl_context
-        self.clock = clock
-        self.timers = Timers()
-        self.flush_interval = flush_interval
         self.high_water = high_water
-        self._sel = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
+        #: Timers, the tick, stop requests; ``clock``, ``timers``, ``call_later``
+        #: and ``cancel`` below are its own.
+        self.loop = loop = Loop(flush_interval=flush_interval, tick=self._tick_and_flush,
+                                clock=clock)
+        self.clock, self.timers = loop.clock, loop.timers
+        self.call_later, self.cancel = loop.call_later, loop.cancel
+        self._sel = loop.selector
+        self._acceptor: _Acceptor | None = None
         self._dirty: list[Channel] = []
-        self._origin = clock()
-        self._tick_timer: Timer | None = None
-        self._accept_backoff = 0.0
-        self._running = False
-        self._stop_requested = False
         self._in_protocol_write = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, READ, self._on_wakeup)
-        self.on_stop_request: Callable[[], None] | None = None
-
-    # -- timers --------------------------------------------------------------
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Timer:
-        return self.timers.call_at(self.clock() + delay, callback)
-
-    def cancel(self, timer: Timer | None) -> None:
-        self.timers.cancel(timer)
 
     # -- listening -----------------------------------------------------------
 
@@ -107,83 +90,21 @@ class Reactor:
         With ``reuse_port``, several processes may listen on the same port and
         the kernel spreads new connections over them (worker processes).
         """
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = _bound(host, port, reuse_addr=True, reuse_port=reuse_port)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(addr)
             sock.listen(backlog)
         except OSError:
             sock.close()
             raise
         sock.setblocking(False)
-        self._listener = sock
-        self._sel.register(sock, READ, self._on_accept)
+        self._acceptor = _Acceptor(self, sock)
         bound = sock.getsockname()
         return bound[0], bound[1]
 
     def stop_listening(self) -> None:
-        if self._listener is not None:
-            self._unregister_quietly(self._listener)
-            self._listener.close()
-            self._listener = None
-
-    def _on_accept(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        while True:
-            try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in _ACCEPT_EXHAUSTED:
-                    self._pause_accepting(exc)
-                    return
-                if exc.errno in _ACCEPT_TRANSIENT:
-                    continue
-                raise
-            self._accept_backoff = 0.0
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.ssl_context is not None:
-                    sock = self.ssl_context.wrap_socket(
-                        sock, server_side=True, do_handshake_on_connect=False,
-                    )
-            except OSError:  # the peer already left
-                sock.close()
-                continue
-            ch = self.protocol.connection_made(sock, peer[:2])
-            if ch is None:  # refused by the protocol: no answer, no state
-                sock.close()
-                continue
-            self._set_mask(ch, READ)
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Out of descriptors: stop accepting for a while instead of spinning.
-
-        The queued connections wait in the kernel backlog; we retry with a
-        doubling delay (0.1 s to 2 s) and log once per episode.
-        """
-        if self._accept_backoff == 0.0:
-            log.warning("accept failed (%s): pausing new connections", os.strerror(exc.errno or 0))
-        self._accept_backoff = min(2.0, max(0.1, self._accept_backoff * 2))
-        listener = self._listener
-        if listener is None:
-            return
-        self._unregister_quietly(listener)
-
-        def resume() -> None:
-            if self._listener is listener:
-                self._sel.register(listener, READ, self._on_accept)
-                self._on_accept()
-
-        self.call_later(self._accept_backoff, resume)
+        if self._acceptor is not None:
+            self._acceptor.close()
+            self._acceptor = None
 
     # -- outbound streams (clients of other services) --------------------------
 
@@ -197,50 +118,10 @@ class Reactor:
         written at once), so it needs no socket code of its own.
         """
         stream = Stream(self, protocol)
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            self.call_later(0, partial(stream._fail, exc))  # never from inside this call
-            return stream
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ch = stream._ch = Channel(sock, stream)
-        code = sock.connect_ex(sockaddr)
-        if code not in (0, errno.EINPROGRESS):
-            self.close(ch)
-            self.call_later(0, partial(stream._fail, OSError(code, os.strerror(code))))
-            return stream
-        self._sel.register(sock, WRITE, partial(self._stream_connected, stream))
-        ch.mask = WRITE
-        stream._timer = self.call_later(timeout, partial(self._stream_timed_out, stream))
+        _Connect(self, stream, host, port, timeout)
         return stream
 
-    def _stream_connected(self, stream: Stream) -> None:
-        ch = stream._ch
-        assert ch is not None
-        self.cancel(stream._timer)
-        code = ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self._unregister_quietly(ch.sock)
-        ch.mask = 0
-        if code:
-            self.close(ch)
-            stream._fail(OSError(code, os.strerror(code)))
-            return
-        stream.connected = True
-        self._set_mask(ch, READ)
-        stream.protocol.stream_connected()
-        if not ch.dead:
-            self.write_now(ch)
-
-    def _stream_timed_out(self, stream: Stream) -> None:
-        ch = stream._ch
-        if ch is not None and not stream.connected and not ch.dead:
-            self.close(ch)
-            stream._fail(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
-
-    def _flush_blocking(self, ch: Channel, timeout: float) -> bool:
+    def flush_blocking(self, ch: Channel, timeout: float) -> bool:
         """Write the outbox, waiting up to ``timeout`` (shutdown paths only)."""
         if ch.dead:
             return False
@@ -337,7 +218,7 @@ class Reactor:
             try:
                 if ch.tls:
                     assert isinstance(ch.sock, ssl.SSLSocket)
-                    if self._write_tls(ch.sock, box):
+                    if _write_tls(ch.sock, box):
                         # Waiting for writability would spin: read (whatever the
                         # backlog) and retry at the next flush.
                         ch.blocked = False
@@ -360,26 +241,6 @@ class Reactor:
             self._shutdown_write(ch)
         else:
             self._update_mask(ch)
-
-    @staticmethod
-    def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:
-        """Write chunk by chunk (SSL sockets have no sendmsg). True means OpenSSL
-        must read before it can write (a key update): retry later.
-
-        OpenSSL wants a write it refused retried with the same bytes, so a chunk
-        it refused is marked partial: ``Outbox.discard`` then keeps it.
-        """
-        while box.chunks:
-            try:
-                sent = sock.send(box.chunks[0])
-            except ssl.SSLWantWriteError:
-                box.partial = True
-                return False
-            except ssl.SSLWantReadError:
-                box.partial = True
-                return True
-            box.consume(sent)
-        return False
 
     def _tls_handshake(self, ch: Channel) -> None:
         sock = ch.sock
@@ -488,10 +349,6 @@ class Reactor:
                 log.exception("internal error while writing")
                 self._lost(ch, None)
 
-    @staticmethod
-    def _timer_failed(exc: BaseException) -> None:
-        log.error("internal error in a timer", exc_info=exc)
-
     def _tick_and_flush(self) -> None:
         try:
             self.protocol.tick()
@@ -499,91 +356,157 @@ class Reactor:
             log.exception("internal error in the tick")
         self.flush()
 
-    def _on_tick(self) -> None:
-        try:
-            self._tick_and_flush()
-        finally:
-            self._arm_tick()
-
-    def _arm_tick(self) -> None:
-        """Schedule the next tick on the grid ``origin + k * flush_interval``.
-
-        A tick that overran its period (a flush to many sockets can) is followed
-        at once by the latest grid point it missed, so queued data waits no extra
-        period; older missed points are skipped, never fired in a burst.
-        """
-        period = self.flush_interval
-        if period <= 0:
-            return
-        now = self.clock()
-        when = next_tick(self._origin, period, now - period)
-        last = self._tick_timer
-        if last is not None and when <= last.when:
-            when = next_tick(self._origin, period, last.when)
-        elif last is None and when <= now:
-            when = next_tick(self._origin, period, now)
-        self._tick_timer = self.timers.call_at(when, self._on_tick)
-
-    # -- the loop ------------------------------------------------------------
-
-    def request_stop(self) -> None:
-        """Ask the loop to call ``on_stop_request`` (safe from signal handlers and
-        other threads)."""
-        self._stop_requested = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
-
-    def _on_wakeup(self) -> None:
-        try:
-            while self._wake_r.recv(512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
-        if self._stop_requested:
-            self._stop_requested = False
-            if self.on_stop_request is not None:
-                self.on_stop_request()
-
-    def install_signal_handlers(self) -> None:
-        """SIGINT and SIGTERM request a graceful stop (main thread only)."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda _s, _f: self.request_stop())
+    def _serve(self, ch: Channel, mask: int) -> None:
+        if mask & WRITE:
+            self._write(ch)
+        if mask & READ and not ch.dead:
+            self._on_readable(ch)
 
     def run(self, until: Callable[[], bool]) -> None:
-        """Run until ``until()`` is true (checked once per turn)."""
-        sel = self._sel
-        timers = self.timers
-        clock = self.clock
-        self._arm_tick()
-        while not until():
-            deadline = timers.next_deadline()
-            timeout = None if deadline is None else max(0.0, deadline - clock())
-            for key, mask in sel.select(timeout):
-                data = key.data
-                try:
-                    if isinstance(data, Channel):
-                        if mask & WRITE:
-                            self._write(data)
-                        if mask & READ and not data.dead:
-                            self._on_readable(data)
-                    else:
-                        data()
-                except Exception:
-                    log.exception("internal error while serving a connection")
-                    if isinstance(data, Channel):
-                        self._lost(data, None)
-            timers.run_due(clock(), self._timer_failed)
-            if self.flush_interval == 0:
-                self._tick_and_flush()
-        self.timers.cancel(self._tick_timer)
+        """Run the loop until ``until()`` is true (checked once per turn)."""
+        self.loop.run(until, self._serve, partial(self._lost, exc=None))
 
     def close_all(self) -> None:
         self.stop_listening()
-        self._sel.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self.loop.close()
+
+
+class _Acceptor:
+    """The listening socket: accepts every queued connection when readable, and
+    pauses instead of spinning when the process is out of descriptors."""
+
+    def __init__(self, reactor: Reactor, listener: socket.socket) -> None:
+        self._reactor = reactor
+        self._listener = listener
+        self._backoff = 0.0
+        self._closed = False
+        reactor._sel.register(listener, READ, self._on_accept)
+
+    def close(self) -> None:
+        self._closed = True
+        self._reactor._unregister_quietly(self._listener)
+        self._listener.close()
+
+    def _on_accept(self) -> None:
+        reactor, listener = self._reactor, self._listener
+        while True:
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _ACCEPT_EXHAUSTED:
+                    self._pause(exc)
+                    return
+                if exc.errno in _ACCEPT_TRANSIENT:
+                    continue
+                raise
+            self._backoff = 0.0
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if reactor.ssl_context is not None:
+                    sock = reactor.ssl_context.wrap_socket(
+                        sock, server_side=True, do_handshake_on_connect=False,
+                    )
+            except OSError:  # the peer already left
+                sock.close()
+                continue
+            ch = reactor.protocol.connection_made(sock, peer[:2])
+            if ch is None:  # refused by the protocol: no answer, no state
+                sock.close()
+                continue
+            reactor._set_mask(ch, READ)
+
+    def _pause(self, exc: OSError) -> None:
+        """Out of descriptors: stop accepting for a while instead of spinning.
+
+        The queued connections wait in the kernel backlog; we retry with a
+        doubling delay (0.1 s to 2 s) and log once per episode.
+        """
+        if self._backoff == 0.0:
+            log.warning("accept failed (%s): pausing new connections", os.strerror(exc.errno or 0))
+        self._backoff = min(2.0, max(0.1, self._backoff * 2))
+        self._reactor._unregister_quietly(self._listener)
+        self._reactor.call_later(self._backoff, self._resume)
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._reactor._sel.register(self._listener, READ, self._on_accept)
+            self._on_accept()
+
+
+class _Connect:
+    """One outbound connect in flight: writability means done (or failed), and a
+    timer bounds the wait. Failures reach the stream's protocol on a later loop
+    turn, never from inside ``open_stream``."""
+
+    def __init__(
+        self, reactor: Reactor, stream: Stream, host: str, port: int, timeout: float,
+    ) -> None:
+        self._reactor = reactor
+        self._stream = stream
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            reactor.call_later(0, partial(stream._fail, exc))
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch = stream._ch = Channel(sock, stream)
+        code = sock.connect_ex(sockaddr)
+        if code not in (0, errno.EINPROGRESS):
+            reactor.close(ch)
+            reactor.call_later(0, partial(stream._fail, OSError(code, os.strerror(code))))
+            return
+        reactor._sel.register(sock, WRITE, self._connected)
+        ch.mask = WRITE
+        stream._timer = reactor.call_later(timeout, self._timed_out)
+
+    def _connected(self) -> None:
+        reactor, stream, ch = self._reactor, self._stream, self._stream._ch
+        assert ch is not None
+        reactor.cancel(stream._timer)
+        code = ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        reactor._unregister_quietly(ch.sock)
+        ch.mask = 0
+        if code:
+            reactor.close(ch)
+            stream._fail(OSError(code, os.strerror(code)))
+            return
+        stream.connected = True
+        reactor._set_mask(ch, READ)
+        stream.protocol.stream_connected()
+        if not ch.dead:
+            reactor.write_now(ch)
+
+    def _timed_out(self) -> None:
+        ch = self._stream._ch
+        if ch is not None and not self._stream.connected and not ch.dead:
+            self._reactor.close(ch)
+            self._stream._fail(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
+
+
+def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:
+    """Write chunk by chunk (SSL sockets have no sendmsg). True means OpenSSL
+    must read before it can write (a key update): retry later.
+
+    OpenSSL wants a write it refused retried with the same bytes, so a chunk
+    it refused is marked partial: ``Outbox.discard`` then keeps it.
+    """
+    while box.chunks:
+        try:
+            sent = sock.send(box.chunks[0])
+        except ssl.SSLWantWriteError:
+            box.partial = True
+            return False
+        except ssl.SSLWantReadError:
+            box.partial = True
+            return True
+        box.consume(sent)
+    return False
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -592,14 +515,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
     It never accepts anything (only listening sockets receive connections), but
     it keeps the port: ``--port 0`` resolves once, and other programs cannot bind
     it while workers restart. Raises OSError (EADDRINUSE, ...) like ``listen``.
+    SO_REUSEPORT alone (no SO_REUSEADDR): workers share the port, since they set
+    SO_REUSEPORT too, while a SO_REUSEADDR binder elsewhere cannot.
     """
+    return _bound(host, port, reuse_addr=False, reuse_port=True)
+
+
+def _bound(host: str, port: int, *, reuse_addr: bool, reuse_port: bool) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        # SO_REUSEPORT alone (no SO_REUSEADDR): workers share the port, since they
-        # set SO_REUSEPORT too, while a SO_REUSEADDR binder elsewhere cannot.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
     except OSError:
         sock.close()

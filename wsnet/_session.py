@@ -3,8 +3,9 @@
 Bytes go in through ``receive``; whole messages come out; every byte to send
 (pongs, close frames, data) is appended to ``out``, the connection's outbox, for
 the reactor to write. wsproto parses frames; this class adds what wsproto leaves
-to its user (DESIGN §4): answering pings and closes, a bound on message size, and
-turning a parser failure into the close frame the RFC asks for.
+to its user (ARCHITECTURE.md, "wsproto and h11 facts"): answering pings and
+closes, a bound on message size, and turning a parser failure into the close
+frame the RFC asks for.
 """
 
 from __future__ import annotations

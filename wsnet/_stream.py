@@ -56,7 +56,7 @@ class Stream:
         ch = self._ch
         if ch is None or self.closed or not self.connected:
             return False
-        return self._reactor._flush_blocking(ch, timeout)
+        return self._reactor.flush_blocking(ch, timeout)
 
     def close(self) -> None:
         """Close now, dropping queued bytes; the protocol hears nothing more."""

@@ -54,7 +54,7 @@ class Server:
         cfg = self.config
         self._lifecycle = lifecycle = Lifecycle(cfg, handler, tls_context(cfg))
         self._reactor = lifecycle.reactor
-        self._reactor.on_stop_request = self._begin_shutdown
+        self._reactor.loop.on_stop_request = self._begin_shutdown
         lifecycle.routes = Routes(handler, cfg.ws_paths, self.statistics, self._families)
         self._started = time.monotonic()
         self._forced = False
@@ -86,7 +86,7 @@ class Server:
         self.listen()
         reactor = self._reactor
         if install_signal_handlers:
-            reactor.install_signal_handlers()
+            reactor.loop.install_signal_handlers()
         try:
             reactor.run(until=self._finished)
         finally:
@@ -98,7 +98,7 @@ class Server:
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe from other threads and signal handlers)."""
-        self._reactor.request_stop()
+        self._reactor.loop.request_stop()
 
     # -- for applications ----------------------------------------------------
 

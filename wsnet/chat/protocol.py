@@ -1,4 +1,4 @@
-"""Chat wire protocol v1 (DESIGN §2), without state or sockets.
+"""Chat wire protocol v1 (README, "The chat protocol"), without state or sockets.
 
 Client frames become commands (or the reason they are refused); events are
 compact JSON strings so a tick's batch is a join of strings, encoded once.

@@ -1,0 +1,126 @@
+"""The rooms one chat process holds, and what they remember.
+
+``RoomTable`` makes and forgets rooms and keeps their history within the
+settings' budgets. A room nobody is in stays, idle, for its history until
+``room_ttl`` passes, more than ``max_idle_rooms`` wait, or the global budget
+needs its bytes, oldest first. History is bytes (``history.History``), so what
+is counted is what is held. Pure: time comes from the ``timer`` given.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from wsnet.chat.history import Ledger
+from wsnet.chat.protocol import encode_event
+from wsnet.chat.settings import ChatSettings
+from wsnet.chat.state import Room
+
+__all__ = ["RoomTable"]
+
+
+class RoomTable:
+    """Every room by name, the idle ones oldest first, and one history ledger."""
+
+    def __init__(
+        self, settings: ChatSettings, timer: Callable[[], float], new_epoch: Callable[[], str],
+    ) -> None:
+        self.rooms: dict[str, Room] = {}
+        self.ledger = Ledger(settings.history, settings.history_bytes,
+                             settings.history_total_bytes)
+        #: Empty rooms kept for their history, oldest first: name -> emptied at.
+        self._idle: OrderedDict[str, float] = OrderedDict()
+        self._settings = settings
+        self._timer = timer
+        self._new_epoch = new_epoch
+        self._made = 0
+
+    def open(self, name: str) -> Room:
+        """The room, made with a new epoch if need be; it is no longer idle."""
+        room = self.rooms.get(name)
+        if room is None:
+            room = self._make(name, self._new_epoch())
+        else:
+            self._idle.pop(name, None)
+        return room
+
+    def placeholder(self, name: str) -> Room:
+        """A room whose state a backplane is still loading (no epoch yet)."""
+        room = self._make(name, "")
+        room.loading = True
+        return room
+
+    def _make(self, name: str, epoch: str) -> Room:
+        self._made += 1
+        room = self.rooms[name] = Room(name, self._made, epoch, self.ledger)
+        return room
+
+    def drop(self, room: Room) -> None:
+        """Forget the room now, with its history."""
+        room.history.clear()
+        del self.rooms[room.name]
+        self._idle.pop(room.name, None)
+
+    def park(self, room: Room) -> None:
+        """Nobody is in the room: keep it for its history, if it has any."""
+        if not room.history:
+            self.drop(room)
+            return
+        self._idle[room.name] = self._timer()
+        if len(self._idle) > self._settings.max_idle_rooms:
+            self._forget_oldest_idle()
+
+    def expire(self, now: float) -> None:
+        """Forget the rooms idle for longer than ``room_ttl``."""
+        idle, ttl = self._idle, self._settings.room_ttl
+        while idle and now - next(iter(idle.values())) >= ttl:
+            self._forget_oldest_idle()
+
+    def _forget_oldest_idle(self) -> None:
+        name, _ = self._idle.popitem(last=False)
+        self.rooms.pop(name).history.clear()
+
+    def remember(self, room: Room, data: bytes) -> None:
+        """Keep the room's newest message (``room.seq``); over the global budget,
+        idle rooms are forgotten before this one keeps less."""
+        room.history.append(room.seq, data)
+        while self.ledger.over and self._idle:
+            self._forget_oldest_idle()
+        room.history.trim()
+
+    def load(self, room: Room, history: list[tuple[int, str]]) -> None:
+        """Take history from a backplane, keeping it consecutive."""
+        for seq, event in history:
+            if seq == room.seq + 1 or not room.history:
+                room.seq = seq
+                self.remember(room, event.encode())
+
+    @staticmethod
+    def replay(room: Room, since: int, epoch: str | None) -> tuple[list[str], int]:
+        """What a join with ``since`` gets after the snapshot, and its history
+        bytes: a gap notice if needed, then the messages after ``since`` that
+        history holds, oldest first."""
+        reset = since > room.seq or (epoch is not None and epoch != room.epoch)
+        after = 0 if reset else since
+        first = room.first_seq
+        events: list[str] = []
+        if reset or after + 1 < first:
+            gap: dict[str, Any] = {"type": "gap", "room": room.name, "since": since,
+                                   "first": first}
+            if reset:
+                gap["reset"] = True
+            events.append(encode_event(gap))
+        size = 0
+        for data in room.history.after(after):
+            events.append(data.decode())
+            size += len(data)
+        return events, size
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "rooms": len(self.rooms) - len(self._idle),
+            "idle_rooms": len(self._idle),
+            "history_messages": sum(len(r.history) for r in self.rooms.values()),
+        }
