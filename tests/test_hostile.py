@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.chat import recv_json, ws_connect
+from support.chat import next_messages, recv_json, ws_connect
 from support.chat import run as run_bounded
 from support.procs import REPO, python_env, read_line
-from support.rawclient import ConnectionEnded, RawClient
+from support.rawclient import ConnectionEnded, RawClient, RawClientFactory, healthz
 from support.servers import ServerFactory, ServerProcess, ThreadedServer, start_server
 from support.wire import (
     OP_CLOSE,
@@ -125,13 +125,7 @@ def close_payload(code: int, reason: bytes = b"") -> bytes:
 
 
 def healthz_connections(port: int) -> int:
-    with RawClient(port, timeout=5) as client:
-        client.send(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
-        data = client.read_until_eof(5)
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, _ = parse_http_head(head)
-    assert status == 200, data[:200]
-    connections = json.loads(body)["connections"]
+    connections = healthz(port)["connections"]
     assert isinstance(connections, int)
     return connections
 
@@ -662,6 +656,108 @@ class LatencyLog:
 
 def timed_text(prefix: str, seq: int, pad: int = 0) -> str:
     return f"{prefix}{seq}:{time.monotonic():.6f}:" + "p" * pad
+
+
+def test_slow_consumer_is_closed_1008_memory_bounded_others_unaffected(
+    server_factory: ServerFactory, raw_client: RawClientFactory,
+) -> None:
+    limit = 64 * KIB
+    server = server_factory(
+        "--outbox-limit-bytes", str(limit), "--flush-interval-ms", "10", "--no-deflate",
+        "--rate-limit", "0",
+    )
+    # Never reads after the handshake, with a small receive window.
+    slow: RawClient = raw_client(server.port, rcvbuf=4 * KIB)
+    slow.handshake("/?name=slow")
+
+    per_batch = 12  # 12 x ~4 KiB events per tick stays below the 64 KiB limit
+    text = "x" * 4000
+    min_total = 12 * MIB  # far more than the RSS bound below
+    max_batches = 600
+    rss_bound_kib = 4 * KIB  # 4 MiB above the baseline; the stream is 12 MiB
+
+    stream: list[bytes] = []
+    reader_errors: list[BaseException] = []
+
+    def read_slow_stream() -> None:
+        try:
+            stream.append(slow.read_until_eof(20))
+        except BaseException as exc:  # reported by the main thread
+            reader_errors.append(exc)
+
+    reader = threading.Thread(target=read_slow_stream, daemon=True)
+
+    async def scenario() -> dict[str, Any]:
+        async with (
+            ws_connect(server.url + "?name=sender", max_size=None) as sender,
+            ws_connect(server.url + "?name=observer", max_size=None) as observer,
+        ):
+            await recv_json(sender)
+            await recv_json(observer)
+            assert healthz(server.port)["connections"] == 3
+            baseline = server.rss_kib()
+            peak = baseline
+            sent_bytes = 0
+            closed_after: int | None = None
+            batches_after_close = 0
+            seq = 0
+            for batch in range(max_batches):
+                for i in range(per_batch):
+                    await sender.send(f"{batch}:{i}:{text}")
+                sent_bytes += per_batch * (len(text) + 8)
+                got, echoed = await asyncio.gather(
+                    next_messages(observer, per_batch, 10), next_messages(sender, per_batch, 10),
+                )
+                expected = [f"{batch}:{i}:{text}" for i in range(per_batch)]
+                assert [e["text"] for e in got] == expected
+                assert [e["text"] for e in echoed] == expected
+                assert [e["seq"] for e in got] == list(range(seq + 1, seq + per_batch + 1))
+                seq += per_batch
+                peak = max(peak, server.rss_kib())
+                if closed_after is None:
+                    if healthz(server.port)["connections"] == 2:
+                        closed_after = batch
+                        reader.start()  # read the slow stream well within close_timeout
+                else:
+                    batches_after_close += 1
+                    if sent_bytes >= min_total and batches_after_close >= 20:
+                        break
+            return {
+                "baseline": baseline,
+                "peak": peak,
+                "sent": sent_bytes,
+                "closed_after": closed_after,
+                "after": batches_after_close,
+                "last_seq": seq,
+            }
+
+    result = run(scenario(), timeout=60)
+    assert result["closed_after"] is not None, "the slow consumer was never closed"
+    assert result["sent"] >= min_total
+    assert result["after"] >= 20, "the observer must keep receiving after the close"
+    growth = result["peak"] - result["baseline"]
+    assert growth < rss_bound_kib, (
+        f"RSS grew by {growth} KiB while {result['sent'] // KIB} KiB went through"
+    )
+
+    reader.join(25)
+    assert not reader.is_alive(), "the slow consumer's connection never ended"
+    assert not reader_errors, reader_errors
+    frames, rest = parse_frames(stream[0])
+    assert rest == b"", "the stream ended inside a frame"
+    assert frames[-1].opcode == OP_CLOSE and frames[-1].close_code == 1008, frames[-1]
+    assert all(f.opcode == OP_TEXT and not f.rsv1 for f in frames[:-1])
+    events = [e for f in frames[:-1] for e in json.loads(f.payload)]
+    assert events[0]["type"] == "welcome"
+    # Besides messages: its presence snapshot, then the two others joining.
+    others = [(e["type"], e.get("name")) for e in events[1:] if e["type"] != "message"]
+    assert others == [("presence", None), ("join", "sender"), ("join", "observer")], others
+    seqs = [e["seq"] for e in events[1:] if e["type"] == "message"]
+    # What the slow peer got is a gap-free prefix of the room's messages.
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(seqs) < result["last_seq"]
+    assert "slow consumer" in server.stderr_text()
+    assert "Traceback" not in server.stderr_text()
 
 
 def test_slow_consumer_is_closed_1008_while_observer_latency_stays_bounded(

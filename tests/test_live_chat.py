@@ -13,7 +13,7 @@ import zlib
 from typing import Any
 
 import pytest
-from support.chat import recv_json, run, welcome, ws_connect
+from support.chat import next_messages, recv_json, run, welcome, ws_connect
 from support.rawclient import RawClient, RawClientFactory, http_get, read_response
 from support.servers import ServerFactory, ServerProcess
 from support.wire import OP_BINARY, OP_TEXT, Frame, build_frame, inflate_message
@@ -23,22 +23,6 @@ from websockets.exceptions import ConnectionClosed
 pytestmark = pytest.mark.live
 
 Event = dict[str, Any]
-
-#: Events about who is in a room: other clients arriving, leaving or renamed.
-PRESENCE_EVENTS = {"join", "leave", "presence", "nick"}
-
-
-async def next_messages(ws: ClientConnection, count: int, timeout: float = 5.0) -> list[Event]:
-    """Exactly the next ``count`` message events (across frames). Presence events
-    (other clients joining or leaving) may come along; anything else fails."""
-    deadline = time.monotonic() + timeout
-    got: list[Event] = []
-    while len(got) < count:
-        events = await recv_json(ws, max(0.01, deadline - time.monotonic()))
-        assert all(e["type"] in {"message", *PRESENCE_EVENTS} for e in events), events
-        got.extend(e for e in events if e["type"] == "message")
-    assert len(got) == count, f"expected {count} message events, got {len(got)}"
-    return got
 
 
 async def welcome_frame(ws: ClientConnection) -> list[Event]:

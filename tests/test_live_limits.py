@@ -1,5 +1,6 @@
-"""Limits and hostile peers on a live server: slow consumers, shutdown, a busy
-port, the connection cap, and a fuzzer throwing bad bytes over raw sockets."""
+"""Limits on a live server: shutdown, a busy port, the connection cap, and
+fuzzers throwing bad bytes and bad chat text over raw sockets. (Slow consumers
+live with the other hostile peers, in test_hostile.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import signal
 import socket
 import struct
-import threading
 import time
 import zlib
 from collections import Counter
@@ -22,7 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.chat import recv_json, ws_connect
 from support.chat import run as run_bounded
-from support.rawclient import ConnectionEnded, RawClient, RawClientFactory, http_get, read_response
+from support.rawclient import (
+    ConnectionEnded,
+    RawClient,
+    RawClientFactory,
+    healthz,
+    read_response,
+)
 from support.servers import ServerFactory, launch
 from support.wire import (
     OP_BINARY,
@@ -35,7 +41,6 @@ from support.wire import (
     parse_frames,
     upgrade_request,
 )
-from websockets.asyncio.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 pytestmark = pytest.mark.live
@@ -46,138 +51,6 @@ MIB = 1024 * KIB
 
 
 run = partial(run_bounded, timeout=30.0)
-
-
-def healthz(port: int) -> dict[str, Any]:
-    response = http_get(port, "/healthz")
-    assert response.status == 200
-    body = json.loads(response.body)
-    assert isinstance(body, dict)
-    return body
-
-
-#: Events about who is in a room: other clients arriving, leaving or renamed.
-PRESENCE_EVENTS = {"join", "leave", "presence", "nick"}
-
-
-async def next_messages(ws: ClientConnection, count: int, timeout: float = 10.0) -> list[Event]:
-    """The next ``count`` message events; presence events may come along, but
-    nothing else (an error event fails)."""
-    deadline = time.monotonic() + timeout
-    got: list[Event] = []
-    while len(got) < count:
-        events = await recv_json(ws, max(0.01, deadline - time.monotonic()))
-        assert all(e["type"] in {"message", *PRESENCE_EVENTS} for e in events), events
-        got.extend(e for e in events if e["type"] == "message")
-    assert len(got) == count
-    return got
-
-
-# ----------------------------------------------------------------------------
-# Slow consumer
-# ----------------------------------------------------------------------------
-
-
-def test_slow_consumer_is_closed_1008_memory_bounded_others_unaffected(
-    server_factory: ServerFactory, raw_client: RawClientFactory,
-) -> None:
-    limit = 64 * KIB
-    server = server_factory(
-        "--outbox-limit-bytes", str(limit), "--flush-interval-ms", "10", "--no-deflate",
-        "--rate-limit", "0",
-    )
-    # Never reads after the handshake, with a small receive window.
-    slow: RawClient = raw_client(server.port, rcvbuf=4 * KIB)
-    slow.handshake("/?name=slow")
-
-    per_batch = 12  # 12 x ~4 KiB events per tick stays below the 64 KiB limit
-    text = "x" * 4000
-    min_total = 12 * MIB  # far more than the RSS bound below
-    max_batches = 600
-    rss_bound_kib = 4 * KIB  # 4 MiB above the baseline; the stream is 12 MiB
-
-    stream: list[bytes] = []
-    reader_errors: list[BaseException] = []
-
-    def read_slow_stream() -> None:
-        try:
-            stream.append(slow.read_until_eof(20))
-        except BaseException as exc:  # reported by the main thread
-            reader_errors.append(exc)
-
-    reader = threading.Thread(target=read_slow_stream, daemon=True)
-
-    async def scenario() -> dict[str, Any]:
-        async with (
-            ws_connect(server.url + "?name=sender", max_size=None) as sender,
-            ws_connect(server.url + "?name=observer", max_size=None) as observer,
-        ):
-            await recv_json(sender)
-            await recv_json(observer)
-            assert healthz(server.port)["connections"] == 3
-            baseline = server.rss_kib()
-            peak = baseline
-            sent_bytes = 0
-            closed_after: int | None = None
-            batches_after_close = 0
-            seq = 0
-            for batch in range(max_batches):
-                for i in range(per_batch):
-                    await sender.send(f"{batch}:{i}:{text}")
-                sent_bytes += per_batch * (len(text) + 8)
-                got, echoed = await asyncio.gather(
-                    next_messages(observer, per_batch), next_messages(sender, per_batch),
-                )
-                expected = [f"{batch}:{i}:{text}" for i in range(per_batch)]
-                assert [e["text"] for e in got] == expected
-                assert [e["text"] for e in echoed] == expected
-                assert [e["seq"] for e in got] == list(range(seq + 1, seq + per_batch + 1))
-                seq += per_batch
-                peak = max(peak, server.rss_kib())
-                if closed_after is None:
-                    if healthz(server.port)["connections"] == 2:
-                        closed_after = batch
-                        reader.start()  # read the slow stream well within close_timeout
-                else:
-                    batches_after_close += 1
-                    if sent_bytes >= min_total and batches_after_close >= 20:
-                        break
-            return {
-                "baseline": baseline,
-                "peak": peak,
-                "sent": sent_bytes,
-                "closed_after": closed_after,
-                "after": batches_after_close,
-                "last_seq": seq,
-            }
-
-    result = run(scenario(), timeout=60)
-    assert result["closed_after"] is not None, "the slow consumer was never closed"
-    assert result["sent"] >= min_total
-    assert result["after"] >= 20, "the observer must keep receiving after the close"
-    growth = result["peak"] - result["baseline"]
-    assert growth < rss_bound_kib, (
-        f"RSS grew by {growth} KiB while {result['sent'] // KIB} KiB went through"
-    )
-
-    reader.join(25)
-    assert not reader.is_alive(), "the slow consumer's connection never ended"
-    assert not reader_errors, reader_errors
-    frames, rest = parse_frames(stream[0])
-    assert rest == b"", "the stream ended inside a frame"
-    assert frames[-1].opcode == OP_CLOSE and frames[-1].close_code == 1008, frames[-1]
-    assert all(f.opcode == OP_TEXT and not f.rsv1 for f in frames[:-1])
-    events = [e for f in frames[:-1] for e in json.loads(f.payload)]
-    assert events[0]["type"] == "welcome"
-    # Besides messages: its presence snapshot, then the two others joining.
-    others = [(e["type"], e.get("name")) for e in events[1:] if e["type"] != "message"]
-    assert others == [("presence", None), ("join", "sender"), ("join", "observer")], others
-    seqs = [e["seq"] for e in events[1:] if e["type"] == "message"]
-    # What the slow peer got is a gap-free prefix of the room's messages.
-    assert seqs == list(range(1, len(seqs) + 1))
-    assert len(seqs) < result["last_seq"]
-    assert "slow consumer" in server.stderr_text()
-    assert "Traceback" not in server.stderr_text()
 
 
 # ----------------------------------------------------------------------------

@@ -327,6 +327,9 @@ class Reactor:
             chunks = box.chunks
             if len(chunks) == 1 and ch.mask == READ and not ch.linger and not ch.tls:
                 # The common case, one frame for a reader: one send, no bookkeeping.
+                # This repeats the plain-socket branch of ``_write`` on purpose:
+                # it is most of the traffic, and the call and checks it skips
+                # show in profiles of large broadcasts.
                 try:
                     sent = ch.sock.send(chunks[0])
                 except (BlockingIOError, InterruptedError):

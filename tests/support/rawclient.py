@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import socket
 import time
@@ -176,6 +177,15 @@ def http_get(
             f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(),
         )
         return read_response(client, timeout)
+
+
+def healthz(port: int, timeout: float = 5.0) -> dict[str, object]:
+    """``GET /healthz``, which must answer 200 with a JSON object."""
+    response = http_get(port, "/healthz", timeout=timeout)
+    assert response.status == 200, response
+    body = json.loads(response.body)
+    assert isinstance(body, dict), body
+    return body
 
 
 def read_response(client: RawClient, timeout: float = 5.0) -> HttpResponse:
