@@ -26,15 +26,13 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import urlencode
 
 import hiredis
 import pytest
-from support.chat import run, ws_connect
+from support.chat import ChatClient, kind, run
 from support.procs import RedisServer
 from support.rawclient import http_get
 from support.servers import ServerFactory, ServerProcess
-from websockets.asyncio.client import ClientConnection
 
 pytestmark = pytest.mark.live
 
@@ -100,6 +98,10 @@ class Node:
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     def health(self) -> dict[str, Any]:
         response = http_get(self.server.port, "/healthz")
@@ -169,33 +171,16 @@ def assert_clean_log(node: Node, outages: int) -> None:
 # ----------------------------------------------------------------------------
 
 
-def kind(type_: str, **fields: object) -> Callable[[Event], bool]:
-    return lambda e: e["type"] == type_ and all(e.get(k) == v for k, v in fields.items())
+class Client(ChatClient):
+    """The shared chat client, on a node, with ``ROOM`` as the default room."""
 
-
-class Client:
-    """A websockets connection that keeps every event it received, in order."""
-
+    timeout = DEADLINE
     #: Every client opened by the running scenario, dropped when it ends
     #: (see ``scenario``), so that a failed test does not leave nodes waiting.
-    opened: ClassVar[list[Client]] = []
+    every: ClassVar[list[Client]] = []
 
-    def __init__(self, ws: ClientConnection, node: Node) -> None:
-        self.ws = ws
-        self.node = node
-        self.events: list[Event] = []
-        self._seen = 0
-        self.id = ""
-        self.name = ""
-
-    @classmethod
-    async def open(cls, node: Node, **query: object) -> Client:
-        url = node.server.url + ("?" + urlencode(query) if query else "")
-        client = cls(await ws_connect(url), node)
-        cls.opened.append(client)
-        welcome = await client.until(kind("welcome"))
-        client.id, client.name = welcome["id"], welcome["name"]
-        return client
+    def opened(self) -> None:
+        Client.every.append(self)
 
     @classmethod
     async def enter(cls, node: Node, room: str = ROOM, **query: object) -> Client:
@@ -205,93 +190,25 @@ class Client:
         await client.until(kind("presence", room=room))
         return client
 
-    async def send(self, command: Event) -> None:
-        await self.ws.send(json.dumps(command))
-
     async def say(self, text: str, cid: str | None = None, room: str = ROOM) -> None:
         command: Event = {"type": "message", "room": room, "text": text}
         if cid is not None:
             command["cid"] = cid
         await self.send(command)
 
-    async def _receive(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        raw = await asyncio.wait_for(self.ws.recv(), remaining)
-        assert isinstance(raw, str), raw
-        batch = json.loads(raw)
-        assert isinstance(batch, list) and batch, raw
-        self.events.extend(batch)
-
-    async def until(self, match: Callable[[Event], bool], timeout: float = DEADLINE) -> Event:
-        """The next not yet consumed event that matches (the ones passed over
-        stay in ``events``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while self._seen < len(self.events):
-                event = self.events[self._seen]
-                self._seen += 1
-                if match(event):
-                    return event
-            try:
-                await self._receive(deadline)
-            except TimeoutError:
-                raise AssertionError(
-                    f"{self.id}: no matching event within {timeout} s; last events: "
-                    f"{self.events[-12:]}",
-                ) from None
-
-    async def seen(self, match: Callable[[Event], bool], timeout: float = DEADLINE) -> Event:
-        """The first event ever received that matches, waiting for it if need be
-        (unlike ``until``, it looks at consumed events too)."""
-        for event in self.events:
-            if match(event):
-                return event
-        return await self.until(match, timeout)
-
     def messages(self, room: str = ROOM) -> list[Event]:
-        return [e for e in self.events if e["type"] == "message" and e["room"] == room]
+        return super().messages(room)
 
     async def messages_until(self, seq: int, room: str = ROOM,
-                             timeout: float = DEADLINE) -> list[Event]:
-        await self.until(kind("message", room=room, seq=seq), timeout)
-        return self.messages(room)
+                             timeout: float | None = None) -> list[Event]:
+        return await super().messages_until(seq, room, timeout)
 
     def view(self, room: str = ROOM) -> dict[str, str]:
-        """Who is in ``room`` as this client's events tell it: id -> name."""
-        members: dict[str, str] = {}
-        for event in self.events:
-            if event.get("room") != room:
-                continue
-            if event["type"] == "presence" and "members" in event:
-                members = {m["id"]: m["name"] for m in event["members"]}
-            elif event["type"] in ("join", "nick"):
-                members[event["id"]] = event["name"]
-            elif event["type"] == "leave":
-                members.pop(event["id"], None)
-                if event["id"] == self.id:
-                    members = {}
-        return members
+        return super().view(room)
 
     async def wait_view(self, expected: dict[str, str], room: str = ROOM,
-                        timeout: float = DEADLINE) -> None:
-        deadline = time.monotonic() + timeout
-        while self.view(room) != expected:
-            try:
-                await self._receive(deadline)
-            except TimeoutError:
-                raise AssertionError(
-                    f"{self.id} sees {self.view(room)}, not {expected}, after {timeout} s; "
-                    f"events: {[e for e in self.events if e.get('room') == room][-12:]}",
-                ) from None
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close handshake."""
-        self.ws.transport.abort()
-
-    async def close(self) -> None:
-        await self.ws.close()
+                        timeout: float | None = None) -> None:
+        await super().wait_view(expected, room, timeout)
 
 
 def scenario(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
@@ -301,9 +218,9 @@ def scenario(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
         try:
             await coro
         finally:
-            for client in Client.opened:
+            for client in Client.every:
                 client.abort()
-            Client.opened.clear()
+            Client.every.clear()
 
     run(bounded(), timeout)
 

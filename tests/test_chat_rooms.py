@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from support.clock import FakeClock
 
 from wsnet.chat.app import ChatApp
 from wsnet.chat.protocol import ChatError
@@ -16,19 +17,11 @@ from wsnet.chat.rooms import Chat, ChatSettings, Member
 Event = dict[str, Any]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     """A Chat whose peers are names; collects what each peer received."""
 
     def __init__(self, **settings: Any) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock(1_000_000.0)
         epochs = iter(f"e{i}" for i in range(1, 10**6))
         self.chat: Chat[str] = Chat(ChatSettings(**settings), self.clock, lambda: next(epochs))
         self.members: dict[str, Member[str]] = {}

@@ -37,6 +37,7 @@ from support.chat import run as run_bounded
 from support.procs import REPO, python_env, read_line
 from support.rawclient import ConnectionEnded, RawClient, RawClientFactory, healthz
 from support.servers import ServerFactory, ServerProcess, ThreadedServer, start_server
+from support.waiting import wait_for
 from support.wire import (
     OP_CLOSE,
     OP_CONT,
@@ -76,25 +77,14 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll until ``predicate()`` holds; return how long it took."""
-    start = time.monotonic()
-    deadline = start + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
-
-
 def readable(sock: socket.socket, timeout: float = 0.0) -> bool:
     return bool(select.select([sock], [], [], max(0.0, timeout))[0])
 
 
-def wait_for_fds(pid: int, baseline: int, timeout: float, what: str) -> float:
+def wait_for_fds(pid: int, baseline: int, timeout: float, what: str) -> None:
     """Poll until the process is back to ``baseline`` descriptors."""
     try:
-        return wait_for(lambda: fd_count(pid) <= baseline, timeout, what)
+        wait_for(what, lambda: fd_count(pid) <= baseline, timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {fd_count(pid)} open, baseline {baseline}") from None
 
@@ -282,8 +272,8 @@ def test_many_unfinished_requests_do_not_block_others_and_are_all_dropped(
         # server that stalls on a hog fills its backlog and slows them down.
         assert opened < timeout / 2, f"opening the hogs took {opened:.2f}s"
         wait_for(
-            lambda: fd_count(server.pid) >= baseline + hogs_wanted, timeout / 2,
             "the server to accept every hog",
+            lambda: fd_count(server.pid) >= baseline + hogs_wanted, timeout / 2,
         )
 
         async def chat() -> float:
@@ -1181,7 +1171,7 @@ def test_half_closed_peers_are_closed_and_their_last_message_delivered(
         # Vanished without a close frame.
         with open_chat(server.port, "ghost") as ghost:
             ghost.close()
-        wait_for(lambda: healthz_connections(server.port) == 1, 5, "only the observer to remain")
+        wait_for("only the observer to remain", lambda: healthz_connections(server.port) == 1, 5)
         observer.send_text("after them")
         assert chat_texts(observer, "after them")[-1] == "after them"
     wait_for_fds(server.pid, baseline, 5, "every socket to be closed")

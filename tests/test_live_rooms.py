@@ -12,74 +12,20 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from support.chat import run, ws_connect
+from support.chat import ChatClient as Client
+from support.chat import kind, run, ws_connect
 from support.rawclient import RawClient, http_get
 from support.servers import ServerFactory, ServerProcess
 from support.wire import OP_TEXT, build_frame
-from websockets.asyncio.client import ClientConnection
 
 pytestmark = pytest.mark.live
 
 Event = dict[str, Any]
-
-
-class Client:
-    """A websockets connection that keeps every event it received, in order."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.events: list[Event] = []
-        self.frames = 0
-        self._seen = 0
-
-    @classmethod
-    async def open(cls, server: ServerProcess, **query: object) -> Client:
-        url = server.url + ("?" + urlencode(query) if query else "")
-        client = cls(await ws_connect(url))
-        await client.until(lambda e: e["type"] == "welcome")
-        return client
-
-    async def send(self, command: Event | str) -> None:
-        await self.ws.send(command if isinstance(command, str) else json.dumps(command))
-
-    async def until(self, match: Callable[[Event], bool], timeout: float = 5.0) -> Event:
-        """The next not yet consumed event that matches (earlier ones are kept in
-        ``events`` but passed over)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            while self._seen < len(self.events):
-                event = self.events[self._seen]
-                self._seen += 1
-                if match(event):
-                    return event
-            raw = await asyncio.wait_for(self.ws.recv(), max(0.01, deadline - time.monotonic()))
-            assert isinstance(raw, str)
-            batch = json.loads(raw)
-            assert isinstance(batch, list) and batch, raw
-            self.frames += 1
-            self.events.extend(batch)
-
-    async def error(self, timeout: float = 5.0) -> Event:
-        return await self.until(lambda e: e["type"] == "error", timeout)
-
-    async def message(self, text: str, timeout: float = 5.0) -> Event:
-        return await self.until(lambda e: e["type"] == "message" and e["text"] == text, timeout)
-
-    def messages(self, room: str) -> list[Event]:
-        return [e for e in self.events if e["type"] == "message" and e["room"] == room]
-
-    async def close(self) -> None:
-        await self.ws.close()
-
-
-def kind(t: str, **fields: object) -> Callable[[Event], bool]:
-    return lambda e: e["type"] == t and all(e.get(k) == v for k, v in fields.items())
 
 
 # ----------------------------------------------------------------------------

@@ -7,16 +7,9 @@ import threading
 import time
 
 import pytest
+from support.clock import FakeClock
 
 from wsnet._loop import Loop
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class SlowTicks:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +22,7 @@ import pytest
 from support.procs import REPO, RedisServer, python_env, redis_ping
 from support.rawclient import RawClient, RawClientFactory, http_get
 from support.servers import ServerFactory, ServerProcess
+from support.waiting import wait_for
 from support.wire import OP_TEXT
 
 from wsnet.workers import NEEDS_REDIS
@@ -115,18 +115,6 @@ def owners(server_port: int, clients: list[RawClient], workers: set[int]) -> dic
         if pid is not None:
             found[port] = pid
     return found
-
-
-def wait_for(what: str, probe: Callable[[], T | None], deadline: float = DEADLINE) -> T:
-    """Poll ``probe`` until it returns something other than None (or False)."""
-    end = time.monotonic() + deadline
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def worker_pids(server: ServerProcess, count: int = 2) -> set[int]:

@@ -168,6 +168,42 @@ class ChatClient:
     def messages(self, room: str) -> list[Event]:
         return [e for e in self.events if e["type"] == "message" and e["room"] == room]
 
+    async def messages_until(self, seq: int, room: str, timeout: float | None = None,
+                             ) -> list[Event]:
+        """Every message of ``room`` so far, once the one numbered ``seq`` came."""
+        await self.until(kind("message", room=room, seq=seq), timeout)
+        return self.messages(room)
+
+    def view(self, room: str) -> dict[str, str]:
+        """Who is in ``room`` as this client's events tell it: id -> name."""
+        members: dict[str, str] = {}
+        for event in self.events:
+            if event.get("room") != room:
+                continue
+            if event["type"] == "presence" and "members" in event:
+                members = {m["id"]: m["name"] for m in event["members"]}
+            elif event["type"] in ("join", "nick"):
+                members[event["id"]] = event["name"]
+            elif event["type"] == "leave":
+                members.pop(event["id"], None)
+                if event["id"] == self.id:
+                    members = {}
+        return members
+
+    async def wait_view(self, expected: dict[str, str], room: str,
+                        timeout: float | None = None) -> None:
+        """Receive until ``view(room)`` is ``expected``."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while self.view(room) != expected:
+            try:
+                await self._receive(deadline)
+            except TimeoutError:
+                raise AssertionError(
+                    f"{self.id} sees {self.view(room)}, not {expected}, after {timeout} s; "
+                    f"events: {[e for e in self.events if e.get('room') == room][-12:]}",
+                ) from None
+
     def abort(self) -> None:
         """Drop the TCP connection without a close handshake."""
         self.ws.transport.abort()
