@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import resource
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Config", "default_max_connections"]
 
@@ -116,9 +117,10 @@ class Config:
     #: connection): deflate's sync-flush overhead eats the gain on tiny frames.
     deflate_min_bytes: int = 128
 
-    def replace(self, **changes: object) -> Config:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again: a bad value raises
+        ValueError naming it, as ``Config(...)`` does)."""
+        return dataclasses.replace(self, **changes)
 
     def __post_init__(self) -> None:
         problems = []
