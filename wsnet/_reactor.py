@@ -55,7 +55,7 @@ class ReactorProtocol(Protocol):
 
 
 class Reactor:
-    """Owns the selector, the listening socket, timers and every channel's I/O."""
+    """Every channel's I/O, the listener and outbound connects, driven by its ``Loop``."""
 
     def __init__(
         self,
