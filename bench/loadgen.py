@@ -45,10 +45,8 @@ accepted as a target or a source address.
 from __future__ import annotations
 
 import argparse
-import base64
 import errno
 import gc
-import hashlib
 import ipaddress
 import json
 import os
@@ -63,10 +61,30 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+# bench/ is sys.path[0] when this runs as a script, and on sys.path for run.py.
+from wsbench.codec import (
+    FIN,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OPCODE,
+    RSV1,
+    TEXT_FINAL,
+    HandshakeError,
+    MaskedFrameError,
+    check_response,
+    frame_size,
+    inflate,
+    mask_frame,
+    new_inflater,
+    new_key,
+    scan_frames,
+    upgrade_request,
+)
+
 __all__ = ["Histogram", "main", "mask_frame"]
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.2: appended before inflating a message
 #: Bytes asked of each recv(). Not more: CPython allocates the whole size first,
 #: and from 128 KiB up glibc maps fresh pages for it on every call (about 15 µs
 #: each, five times the cost of the system call itself).
@@ -116,23 +134,6 @@ def raise_nofile(needed: int) -> int:
             "use fewer connections per worker (or raise the hard limit: ulimit -Hn)"
         )
     return soft
-
-
-def mask_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """A final, masked client frame (RFC 6455 §5.3) with a fresh random key."""
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, 0x80 | n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-    key = os.urandom(4)
-    if n == 0:
-        return head + key
-    keystream = (key * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(n, "big")
-    return head + key + body
 
 
 class Histogram:
@@ -317,20 +318,12 @@ class Worker:
         if err:
             self.fail(c, errno.errorcode.get(err, "connect"))
             return
-        c.key = base64.b64encode(os.urandom(16))
-        ext = (
-            b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-            if self.opts.deflate
-            else b""
-        )
+        c.key = new_key()
         room = b"room=%s%d&" % (self.opts.room_prefix.encode(), c.room) if self.rooms else b""
-        request = (
-            b"GET %s?%sname=b%d-%d HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-            b"%s\r\n"
-        ) % (
-            self.opts.path.encode(), room, self.opts.worker_id, c.index,
-            self.opts.host.encode(), self.opts.port, c.key, ext,
+        request = upgrade_request(
+            host=self.opts.host.encode(), port=self.opts.port, path=self.opts.path.encode(),
+            query=b"%sname=b%d-%d" % (room, self.opts.worker_id, c.index), key=c.key,
+            deflate=self.opts.deflate,
         )
         c.state = HANDSHAKE
         self.sel.modify(c.sock, READ, c)
@@ -345,26 +338,16 @@ class Worker:
             return
         head, rest = c.head[:end], c.head[end + 4 :]
         c.head = b""
-        lines = head.split(b"\r\n")
-        status = lines[0].split(b" ", 2)
-        if len(status) < 2 or status[1] != b"101":
-            code = status[1].decode(errors="replace") if len(status) > 1 else "?"
-            self.fail(c, f"http_{code}")
+        try:
+            accepted = check_response(head, c.key)
+        except HandshakeError as exc:
+            self.fail(c, exc.reason)
             return
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        accept = base64.b64encode(hashlib.sha1(c.key + GUID).digest())
-        if headers.get(b"sec-websocket-accept") != accept:
-            self.fail(c, "bad_accept")
-            return
-        ext = headers.get(b"sec-websocket-extensions", b"").lower()
-        if b"permessage-deflate" in ext:
+        if accepted.deflate:
             c.deflate = True
             self.deflate_conns += 1
-            if b"server_no_context_takeover" not in ext:
-                c.inflater = zlib.decompressobj(-15)
+            if accepted.context_takeover:
+                c.inflater = new_inflater()
         c.state = OPEN
         self.in_flight -= 1
         self.opened += 1
@@ -456,50 +439,32 @@ class Worker:
 
     def frames(self, c: Client, data: bytes, now_ns: int) -> None:
         """Every complete frame in ``data``; the hot path of the whole harness."""
-        pos = 0
-        n = len(data)
+        try:
+            spans, pos = scan_frames(data)
+        except MaskedFrameError:  # a protocol error: nothing of this read is counted
+            self.lose(c, "masked_server_frame")
+            return
         count = 0
         mark = self.room_marks[c.room] if self.rooms else self.mark
         fast = not c.sampled
-        while n - pos >= 2:
-            b0 = data[pos]
-            length = data[pos + 1]
-            if length < 126:
-                start = pos + 2
-            elif length == 126:
-                if n - pos < 4:
-                    break
-                length = (data[pos + 2] << 8) | data[pos + 3]
-                start = pos + 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            else:  # a masked server frame is a protocol error
-                self.lose(c, "masked_server_frame")
-                return
-            end = start + length
-            if end > n:
-                break
-            if b0 == 0x81 and fast and c.fragments is None:  # whole text frame, no RSV1
+        for b0, start, end in spans:
+            if b0 == TEXT_FINAL and fast and c.fragments is None:  # whole text, no RSV1
                 count += data.count(mark, start, end)
             else:
                 self.frame(c, b0, data, start, end, now_ns=now_ns)
                 if c.state is not OPEN:
                     return
-            pos = end
         if count:
             c.delivered += count
             self.delivered += count
             self.last_delivery_ns = time.monotonic_ns()
         if self.rooms and pos:
             self.room_checks(c, data, pos)
-        if pos < n:
+        if pos < len(data):
             rest = data[pos:]
             c.pending = [rest]
             c.pending_len = len(rest)
-            c.need = self.frame_size(rest)
+            c.need = frame_size(rest)
 
     def room_checks(self, c: Client, data: bytes, end: int) -> None:
         """Rooms mode, over the complete frames of one read: every marker of the
@@ -518,35 +483,21 @@ class Worker:
             self.joined += 1
             self.join_end_ns = time.monotonic_ns()
 
-    @staticmethod
-    def frame_size(buf: bytes) -> int:
-        """Bytes needed to parse the frame at the start of ``buf`` (header and payload
-        if the header is complete, else one more byte)."""
-        if len(buf) >= 2:
-            length = buf[1] & 0x7F
-            if length < 126:
-                return 2 + length
-            if length == 126 and len(buf) >= 4:
-                return 4 + int.from_bytes(buf[2:4], "big")
-            if length == 127 and len(buf) >= 10:
-                return 10 + int.from_bytes(buf[2:10], "big")
-        return len(buf) + 1
-
     def frame(self, c: Client, b0: int, data: bytes, start: int, end: int, *, now_ns: int) -> None:
         """The frames the fast path does not take: sampled, compressed, fragmented,
         control."""
-        opcode = b0 & 0x0F
-        fin = b0 & 0x80
-        rsv1 = bool(b0 & 0x40)
-        if opcode >= 0x8:
-            if opcode == 0x9:  # ping: answer at once
-                self.write(c, mask_frame(data[start:end], 0xA))
-            elif opcode == 0x8:  # close: answer and go
-                self.write(c, mask_frame(data[start : start + 2], 0x8))
+        opcode = b0 & OPCODE
+        fin = b0 & FIN
+        rsv1 = bool(b0 & RSV1)
+        if opcode >= OP_CLOSE:
+            if opcode == OP_PING:  # answer at once
+                self.write(c, mask_frame(data[start:end], OP_PONG))
+            elif opcode == OP_CLOSE:  # answer and go
+                self.write(c, mask_frame(data[start : start + 2], OP_CLOSE))
                 self.closed_by_server += 1
                 self.lose(c, f"close_{int.from_bytes(data[start : start + 2], 'big')}")
             return
-        if opcode != 0x0:  # first frame of a message
+        if opcode != OP_CONT:  # first frame of a message
             if fin:
                 self.message(c, rsv1, data, start, end, now_ns=now_ns)
             else:
@@ -567,12 +518,8 @@ class Worker:
     ) -> None:
         if compressed:
             self.compressed_frames += 1
-            raw = data[start:end] + TAIL
             try:
-                if c.inflater is not None:
-                    data = c.inflater.decompress(raw)
-                else:
-                    data = zlib.decompressobj(-15).decompress(raw)
+                data = inflate(data[start:end], c.inflater)
             except zlib.error:
                 self.lose(c, "bad_deflate")
                 return

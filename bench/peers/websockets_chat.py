@@ -1,4 +1,5 @@
-"""The chat wire protocol (DESIGN §2, lobby only) on the ``websockets`` package.
+"""The chat wire protocol (README, "The chat protocol"; lobby only) on the
+``websockets`` package.
 
 A peer for ``bench/run.py``: an asyncio server that broadcasts each message at
 once, as a one-event JSON array, with ``websockets.broadcast`` (the library's own
