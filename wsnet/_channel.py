@@ -15,7 +15,7 @@ from wsnet._outbox import Outbox
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["Channel", "ChannelProtocol"]
+__all__ = ["Channel", "ChannelProtocol", "ReactorProtocol"]
 
 
 class ChannelProtocol(Protocol):
@@ -51,3 +51,10 @@ class Channel:
         self.blocked = False  # the kernel refused part of the last write
         self.linger = False  # shut our side once drained, then wait for EOF
         self.dead = False  # socket closed
+
+
+class ReactorProtocol(Protocol):
+    """What the reactor calls on the server: a new connection, and the tick."""
+
+    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None: ...
+    def tick(self) -> None: ...

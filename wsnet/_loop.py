@@ -14,9 +14,13 @@ import os
 import selectors
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from wsnet._channel import Channel
 from wsnet._clock import Timer, Timers, next_tick
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 __all__ = ["READ", "WRITE", "Loop"]
 
@@ -92,6 +96,29 @@ class Loop:
         elif last is None and when <= now:
             when = next_tick(self._origin, period, now)
         self._tick_timer = self.timers.call_at(when, self._on_tick)
+
+    # -- interest ------------------------------------------------------------
+
+    def watch(self, ch: Channel, want: int) -> None:
+        """Wait for ``want`` (``READ | WRITE``, 0 for nothing) on ``ch``, with the
+        one selector call the change needs; a dead channel is left alone."""
+        have = ch.mask
+        if want == have or ch.dead:
+            return
+        if have == 0:
+            self.selector.register(ch.sock, want, ch)
+        elif want == 0:
+            self.selector.unregister(ch.sock)
+        else:
+            self.selector.modify(ch.sock, want, ch)
+        ch.mask = want
+
+    def forget(self, fileobj: FileDescriptorLike) -> None:
+        """Unregister ``fileobj`` if it is registered (closing paths)."""
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
 
     # -- stopping ------------------------------------------------------------
 

@@ -26,9 +26,8 @@ import ssl
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol
 
-from wsnet._channel import Channel
+from wsnet._channel import Channel, ReactorProtocol
 from wsnet._loop import READ, WRITE, Loop
 from wsnet._outbox import Outbox
 from wsnet._stream import Stream, StreamProtocol
@@ -45,13 +44,6 @@ _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 102
 _ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: accept() failures about one connection that died in the queue: skip it.
 _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
-
-
-class ReactorProtocol(Protocol):
-    """What the reactor calls on the server: a new connection, and the tick."""
-
-    def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None: ...
-    def tick(self) -> None: ...
 
 
 class Reactor:
@@ -75,7 +67,7 @@ class Reactor:
                                 clock=clock)
         self.clock, self.timers = loop.clock, loop.timers
         self.call_later, self.cancel = loop.call_later, loop.cancel
-        self._sel = loop.selector
+        self._watch = loop.watch
         self._acceptor: _Acceptor | None = None
         self._dirty: list[Channel] = []
         self._in_protocol_write = False
@@ -118,8 +110,17 @@ class Reactor:
         written at once), so it needs no socket code of its own.
         """
         stream = Stream(self, protocol)
-        _Connect(self, stream, host, port, timeout)
+        try:
+            sock, code = _connecting(host, port)
+        except OSError as exc:
+            self.call_later(0, partial(stream._fail, exc))
+        else:
+            stream._connecting(Channel(sock, stream), code, timeout)
         return stream
+
+    def socket_error(self, ch: Channel) -> int:
+        """The error pending on ``ch``'s socket (a connect's outcome); 0 if none."""
+        return ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
     def flush_blocking(self, ch: Channel, timeout: float) -> bool:
         """Write the outbox, waiting up to ``timeout`` (shutdown paths only)."""
@@ -140,23 +141,11 @@ class Reactor:
 
     # -- channel I/O ---------------------------------------------------------
 
-    def _set_mask(self, ch: Channel, want: int) -> None:
-        have = ch.mask
-        if want == have or ch.dead:
-            return
-        if have == 0:
-            self._sel.register(ch.sock, want, ch)
-        elif want == 0:
-            self._sel.unregister(ch.sock)
-        else:
-            self._sel.modify(ch.sock, want, ch)
-        ch.mask = want
-
     def _update_mask(self, ch: Channel) -> None:
         want = WRITE if ch.blocked else 0
         if ch.linger or ch.outbox.nbytes <= self.high_water:
             want |= READ
-        self._set_mask(ch, want)
+        self._watch(ch, want)
 
     def mark_dirty(self, ch: Channel) -> None:
         """Write this channel's outbox at the next flush."""
@@ -222,7 +211,7 @@ class Reactor:
                         # Waiting for writability would spin: read (whatever the
                         # backlog) and retry at the next flush.
                         ch.blocked = False
-                        self._set_mask(ch, READ)
+                        self._watch(ch, READ)
                         self.mark_dirty(ch)
                         return
                 else:
@@ -248,16 +237,16 @@ class Reactor:
         try:
             sock.do_handshake()
         except ssl.SSLWantReadError:
-            self._set_mask(ch, READ)
+            self._watch(ch, READ)
             return
         except ssl.SSLWantWriteError:
-            self._set_mask(ch, WRITE)
+            self._watch(ch, WRITE)
             return
         except (ssl.SSLError, OSError) as exc:
             self._lost(ch, exc)
             return
         ch.tls_pending = False
-        self._set_mask(ch, READ)
+        self._watch(ch, READ)
         if sock.pending():  # the client's request may have come with its Finished
             self._on_readable(ch)
 
@@ -303,16 +292,10 @@ class Reactor:
             return
         ch.dead = True
         if ch.mask:
-            self._unregister_quietly(ch.sock)
+            self.loop.forget(ch.sock)
             ch.mask = 0
         ch.sock.close()
         ch.outbox.discard()
-
-    def _unregister_quietly(self, sock: socket.socket) -> None:
-        try:
-            self._sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
 
     # -- flushing ------------------------------------------------------------
 
@@ -383,11 +366,11 @@ class _Acceptor:
         self._listener = listener
         self._backoff = 0.0
         self._closed = False
-        reactor._sel.register(listener, READ, self._on_accept)
+        reactor.loop.selector.register(listener, READ, self._on_accept)
 
     def close(self) -> None:
         self._closed = True
-        self._reactor._unregister_quietly(self._listener)
+        self._reactor.loop.forget(self._listener)
         self._listener.close()
 
     def _on_accept(self) -> None:
@@ -419,7 +402,7 @@ class _Acceptor:
             if ch is None:  # refused by the protocol: no answer, no state
                 sock.close()
                 continue
-            reactor._set_mask(ch, READ)
+            reactor._watch(ch, READ)
 
     def _pause(self, exc: OSError) -> None:
         """Out of descriptors: stop accepting for a while instead of spinning.
@@ -430,66 +413,13 @@ class _Acceptor:
         if self._backoff == 0.0:
             log.warning("accept failed (%s): pausing new connections", os.strerror(exc.errno or 0))
         self._backoff = min(2.0, max(0.1, self._backoff * 2))
-        self._reactor._unregister_quietly(self._listener)
+        self._reactor.loop.forget(self._listener)
         self._reactor.call_later(self._backoff, self._resume)
 
     def _resume(self) -> None:
         if not self._closed:
-            self._reactor._sel.register(self._listener, READ, self._on_accept)
+            self._reactor.loop.selector.register(self._listener, READ, self._on_accept)
             self._on_accept()
-
-
-class _Connect:
-    """One outbound connect in flight: writability means done (or failed), and a
-    timer bounds the wait. Failures reach the stream's protocol on a later loop
-    turn, never from inside ``open_stream``."""
-
-    def __init__(
-        self, reactor: Reactor, stream: Stream, host: str, port: int, timeout: float,
-    ) -> None:
-        self._reactor = reactor
-        self._stream = stream
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        except OSError as exc:
-            reactor.call_later(0, partial(stream._fail, exc))
-            return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ch = stream._ch = Channel(sock, stream)
-        code = sock.connect_ex(sockaddr)
-        if code not in (0, errno.EINPROGRESS):
-            reactor.close(ch)
-            reactor.call_later(0, partial(stream._fail, OSError(code, os.strerror(code))))
-            return
-        reactor._sel.register(sock, WRITE, self._connected)
-        ch.mask = WRITE
-        stream._timer = reactor.call_later(timeout, self._timed_out)
-
-    def _connected(self) -> None:
-        reactor, stream, ch = self._reactor, self._stream, self._stream._ch
-        assert ch is not None
-        reactor.cancel(stream._timer)
-        code = ch.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        reactor._unregister_quietly(ch.sock)
-        ch.mask = 0
-        if code:
-            reactor.close(ch)
-            stream._fail(OSError(code, os.strerror(code)))
-            return
-        stream.connected = True
-        reactor._set_mask(ch, READ)
-        stream.protocol.stream_connected()
-        if not ch.dead:
-            reactor.write_now(ch)
-
-    def _timed_out(self) -> None:
-        ch = self._stream._ch
-        if ch is not None and not self._stream.connected and not ch.dead:
-            self._reactor.close(ch)
-            self._stream._fail(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
 
 
 def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:
@@ -510,6 +440,20 @@ def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:
             return True
         box.consume(sent)
     return False
+
+
+def _connecting(host: str, port: int) -> tuple[socket.socket, int]:
+    """A non-blocking socket with a connect to ``host:port`` begun, and the
+    errno ``connect_ex`` gave (0 or EINPROGRESS on the way to success)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, sock.connect_ex(addr)
+    except OSError:
+        sock.close()
+        raise
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -7,10 +7,14 @@ as clients' (an outbox, written at once); the socket calls stay in
 
 from __future__ import annotations
 
+import errno
+import os
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from wsnet._channel import Channel
 from wsnet._clock import Timer
+from wsnet._loop import READ, WRITE
 
 if TYPE_CHECKING:
     from wsnet._reactor import Reactor
@@ -66,6 +70,45 @@ class Stream:
         self._reactor.cancel(self._timer)
         if self._ch is not None:
             self._reactor.close(self._ch)
+
+    # Connecting: writability means done (or failed), and a timer bounds the
+    # wait. Failures reach the protocol on a later loop turn, never from inside
+    # ``open_stream``.
+
+    def _connecting(self, ch: Channel, code: int, timeout: float) -> None:
+        """Wait for the connect begun on ``ch``'s socket (``code`` from ``connect_ex``)."""
+        reactor = self._reactor
+        self._ch = ch
+        if code not in (0, errno.EINPROGRESS):
+            reactor.close(ch)
+            reactor.call_later(0, partial(self._fail, OSError(code, os.strerror(code))))
+            return
+        reactor.loop.selector.register(ch.sock, WRITE, self._connected)
+        ch.mask = WRITE
+        self._timer = reactor.call_later(timeout, self._timed_out)
+
+    def _connected(self) -> None:
+        reactor, ch = self._reactor, self._ch
+        assert ch is not None
+        reactor.cancel(self._timer)
+        code = reactor.socket_error(ch)
+        reactor.loop.forget(ch.sock)
+        ch.mask = 0
+        if code:
+            reactor.close(ch)
+            self._fail(OSError(code, os.strerror(code)))
+            return
+        self.connected = True
+        reactor.loop.watch(ch, READ)
+        self.protocol.stream_connected()
+        if not ch.dead:
+            reactor.write_now(ch)
+
+    def _timed_out(self) -> None:
+        ch = self._ch
+        if ch is not None and not self.connected and not ch.dead:
+            self._reactor.close(ch)
+            self._fail(TimeoutError(errno.ETIMEDOUT, "connect timed out"))
 
     def _fail(self, exc: OSError | None) -> None:
         if not self.closed:
