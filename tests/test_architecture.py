@@ -45,13 +45,14 @@ SANS_IO = [
     "wsnet.chat.settings",
     "wsnet.chat.state",
     "wsnet.chat.table",
+    "wsnet.chat.store",
     "wsnet.chat.redis",
     "wsnet.chat.redis.link",
 ]
 
 #: What a sans-I/O import must not load (the reactor, the server, their I/O).
 IO_MODULES = {
-    "socket", "selectors", "ssl",
+    "socket", "selectors", "ssl", "sqlite3", "wsnet.chat.sqlite",
     "wsnet._reactor", "wsnet._lifecycle", "wsnet.server", "wsnet.workers", "wsnet.chat.app",
 }
 

@@ -361,6 +361,40 @@ def test_resume_on_the_other_node_gets_exactly_the_missed_messages(
     scenario(main())
 
 
+def test_a_resend_by_cid_on_either_node_or_after_a_node_restart_is_one_message(
+    redis_server: RedisServer, server_factory: ServerFactory,
+) -> None:
+    a, b = two_nodes(server_factory, redis_server)
+
+    async def main() -> None:
+        nonlocal a
+        ann = await Client.enter(a, name="ann")
+        bob = await Client.enter(b, name="bob")
+        epoch = await joined([ann, bob])
+        await ann.say("hello", cid="r1")
+        [first] = await bob.messages_until(1)
+        await ann.say("hello", cid="r1")  # resent on the same node
+        assert await ann.until(kind("message", seq=1)) == first
+        ann.abort()
+        again = await Client.enter(b, name="ann", since=1, epoch=epoch)  # the other node
+        await again.say("hello", cid="r1")
+        assert (await again.until(kind("message", cid="r1"))) == first
+        await again.close()
+        a.server.terminate_and_wait()  # a node restarts: Redis still knows the cid
+        a = start_node(server_factory, redis_server)
+        back = await Client.enter(a, name="ann", since=1, epoch=epoch)
+        await back.say("hello", cid="r1")
+        assert (await back.until(kind("message", cid="r1"))) == first
+        await back.say("next", cid="r2")
+        await bob.messages_until(2)
+        # bob saw the message once, and the resends took no seq.
+        assert [(m["seq"], m["text"]) for m in bob.messages()] == [(1, "hello"), (2, "next")]
+        await back.close()
+        await bob.close()
+
+    scenario(main())
+
+
 # ----------------------------------------------------------------------------
 # 3. Presence across nodes
 # ----------------------------------------------------------------------------

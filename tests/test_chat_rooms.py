@@ -8,49 +8,11 @@ import time
 from typing import Any
 
 import pytest
-from support.clock import FakeClock
+from support.harness import Event, Harness
 
 from wsnet.chat.app import ChatApp
 from wsnet.chat.protocol import ChatError
-from wsnet.chat.rooms import Chat, ChatSettings, Member
-
-Event = dict[str, Any]
-
-
-class Harness:
-    """A Chat whose peers are names; collects what each peer received."""
-
-    def __init__(self, **settings: Any) -> None:
-        self.clock = FakeClock(1_000_000.0)
-        epochs = iter(f"e{i}" for i in range(1, 10**6))
-        self.chat: Chat[str] = Chat(ChatSettings(**settings), self.clock, lambda: next(epochs))
-        self.members: dict[str, Member[str]] = {}
-        self.last_flush: list[tuple[list[str], str]] = []
-
-    def connect(self, peer: str, room: str | None = "lobby", **kw: Any) -> list[Event]:
-        member, welcome = self.chat.connect(peer, peer, peer, room=room, **kw)
-        self.members[peer] = member
-        events: list[Event] = json.loads(welcome)
-        return events
-
-    def send(self, peer: str, command: str | Event) -> None:
-        text = command if isinstance(command, str) else json.dumps(command)
-        self.chat.receive(self.members[peer], text)
-
-    def drop(self, peer: str) -> None:
-        self.chat.disconnect(self.members.pop(peer))
-
-    def tick(self) -> dict[str, list[Event]]:
-        """One flush: each peer's events. Fails if a peer got two frames."""
-        self.last_flush = self.chat.flush()
-        got: dict[str, list[Event]] = {}
-        for peers, frame in self.last_flush:
-            events = json.loads(frame)
-            assert events, "no empty frames"
-            for peer in peers:
-                assert peer not in got, f"{peer} got two frames in one tick"
-                got[peer] = events
-        return got
+from wsnet.chat.rooms import ChatSettings
 
 
 def types(events: list[Event]) -> list[str]:

@@ -11,11 +11,13 @@ import ssl
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from wsnet.chat import ChatApp, ChatSettings, valid_name
 from wsnet.chat.protocol import NAME_RULE
 from wsnet.chat.redis import RedisBackplane, redis_available
+from wsnet.chat.sqlite import SqliteStore, StoreOpenError
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
@@ -26,6 +28,8 @@ __all__ = ["main", "build_parser"]
 
 APPS: dict[str, type[Handler]] = {"chat": ChatApp, "echo": EchoApp}
 SECRET_ENV = "WSNET_AUTH_SECRET"
+#: The default store's file in --data-dir.
+DEFAULT_STORE_FILE = "chat.sqlite3"
 _T = TypeVar("_T")
 
 
@@ -168,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an empty room keeps its history (default %(default)g)",
     )
     p.add_argument(
+        "--store", metavar="KIND",
+        help="where the chat keeps rooms and history: sqlite:PATH (a file that survives "
+        "restarts and crashes) or memory (lost on restart); default sqlite in --data-dir. "
+        "With --redis, Redis keeps them",
+    )
+    p.add_argument(
+        "--data-dir", default="wsnet-data", metavar="DIR",
+        help="directory of the default store, created on start (default ./%(default)s/)",
+    )
+    p.add_argument(
+        "--fsync", action="store_true",
+        help="make each tick's commit durable against power loss too (synchronous=FULL), "
+        "not only against the process dying",
+    )
+    p.add_argument(
         "--workers", type=int, default=1,
         help="reactor processes sharing the port (SO_REUSEPORT) under a supervisor that "
         "restarts crashed ones; more than 1 needs --redis (default 1)",
@@ -254,10 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
         return 0
     app_class = APPS[args.app]
-    if args.redis and app_class is not ChatApp:
-        parser.error(f"--redis applies to the chat app, not --app {args.app}")
-    if args.node_ttl <= 0:
-        parser.error("--node-ttl must be > 0")
+    _check_chat_options(parser, args, app_class)
     if secret is not None and app_class is not ChatApp:
         if args.auth_secret_file is not None:
             parser.error(f"--auth-secret-file applies to the chat app, not --app {args.app}")
@@ -268,7 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args, app_class)
     except ValueError as exc:
         parser.error(str(exc))
-    app = _chat_app(parser, args, secret) if app_class is ChatApp else app_class()
+    try:
+        app = _chat_app(parser, args, secret) if app_class is ChatApp else app_class()
+    except StoreOpenError as exc:
+        print(f"wsnet: cannot use the chat store: {exc}", file=sys.stderr)
+        return 2
     try:
         server = Server(app, config)
     except (OSError, ssl.SSLError) as exc:
@@ -287,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.as_worker_of is not None:
         stop_with_parent(args.as_worker_of, server.stop)
     print(f"wsnet {args.app} listening on {server.url}", flush=True)
+    if isinstance(app, ChatApp) and isinstance(app.store, SqliteStore):
+        sync = "FULL (--fsync)" if args.fsync else "NORMAL"
+        logging.getLogger("wsnet").info("chat store: %s (synchronous=%s)", app.store.path, sync)
     server.serve_forever()
     logging.getLogger("wsnet").info("stopped")
     return 0
@@ -316,7 +339,50 @@ def _chat_app(
             )
         except ValueError as exc:
             parser.error(f"--redis: {exc}")
-    return ChatApp(secret=secret, settings=settings, backplane=backplane)
+        return ChatApp(secret=secret, settings=settings, backplane=backplane)
+    store = _open_store(parser, args)
+    try:
+        return ChatApp(secret=secret, settings=settings, store=store)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
+
+
+def _open_store(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SqliteStore | None:
+    """``--store``: None for memory, else the SQLite store it names (by default
+    ``--data-dir/chat.sqlite3``, the directory made if need be)."""
+    kind = args.store
+    if kind == "memory":
+        return None
+    if kind is None:
+        data_dir = Path(args.data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreOpenError(f"{data_dir}: cannot create the data directory: "
+                                 f"{exc.strerror}") from exc
+        path = data_dir / DEFAULT_STORE_FILE
+    elif kind.startswith("sqlite:") and len(kind) > len("sqlite:"):
+        path = Path(kind.removeprefix("sqlite:"))
+    else:
+        parser.error(f"--store: expected sqlite:PATH or memory, not {kind!r}")
+    return SqliteStore(path, fsync=args.fsync)
+
+
+def _check_chat_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, app_class: type[Handler],
+) -> None:
+    if app_class is not ChatApp:
+        for given, option in ((args.redis, "--redis"), (args.store, "--store"),
+                              (args.fsync, "--fsync")):
+            if given:
+                parser.error(f"{option} applies to the chat app, not --app {args.app}")
+    if args.redis and (args.store is not None or args.fsync):
+        parser.error("--store and --fsync are the single-node engine's: with --redis, "
+                     "Redis keeps history")
+    if args.node_ttl <= 0:
+        parser.error("--node-ttl must be > 0")
 
 
 def _check_workers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

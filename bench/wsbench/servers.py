@@ -40,9 +40,10 @@ class ServerKind:
 
 def wsnet_command(deflate: bool, flush_ms: float | None) -> list[str]:
     # The default config, except the per-client rate limit (a benchmark sender
-    # exceeds 50 msg/s by design).
+    # exceeds 50 msg/s by design) and the store: history in memory, as the
+    # peers keep it (the store scenario measures the durable default).
     argv = [sys.executable, "-m", "wsnet", "--port", "0", "--log-level", "warning"]
-    argv += ["--rate-limit", "0"]
+    argv += ["--rate-limit", "0", "--store", "memory"]
     if flush_ms is not None:
         argv += ["--flush-interval-ms", f"{flush_ms:g}"]
     return argv

@@ -84,7 +84,10 @@ class FakeBackplane:
     def metrics(self) -> list[Any]:
         return []
 
-    def publish(self, room: str, prefix: str, suffix: str, failed: Callable[[], None]) -> None:
+    def publish(
+        self, room: str, prefix: str, suffix: str, failed: Callable[[], None],
+        *, key: str | None = None, duplicate: Callable[[str], None] | None = None,
+    ) -> None:
         if self.detached:
             failed()
             return

@@ -68,7 +68,11 @@ def proc_status_kib(pid: int, key: str) -> int:
 
 def launch(args: list[str], stderr_path: Path) -> subprocess.Popen[bytes]:
     """Start ``python -m wsnet ARGS`` (stdout a pipe, stderr into ``stderr_path``)
-    without waiting for anything."""
+    without waiting for anything. Unless ``args`` name one, the chat's default
+    store goes into a data directory beside ``stderr_path`` (each server its
+    own file, as the store allows one server per file)."""
+    if "--data-dir" not in args:
+        args = [*args, "--data-dir", str(stderr_path.with_name(stderr_path.name + ".data"))]
     with stderr_path.open("wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "wsnet", *args],

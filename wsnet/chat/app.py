@@ -16,6 +16,7 @@ from wsnet import Connection, Handler, Request, Response, Server
 from wsnet.chat.backplane import Backplane
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
+from wsnet.chat.store import Store
 from wsnet.metrics import Gauge, Metric
 from wsnet.tokens import TokenError, verify_token
 
@@ -30,7 +31,9 @@ class ChatApp(Handler):
     """Rooms, presence, history and the web page, on one server.
 
     With ``secret``, every upgrade must carry ``?token=`` (see ``wsnet.tokens``),
-    and the name it pins is the only name that connection can use.
+    and the name it pins is the only name that connection can use. With a
+    ``store`` (``wsnet.chat.sqlite.SqliteStore``), rooms outlive the process;
+    without one they live in memory.
     """
 
     def __init__(
@@ -39,9 +42,12 @@ class ChatApp(Handler):
         secret: bytes | None = None,
         settings: ChatSettings | None = None,
         backplane: Backplane | None = None,
+        store: Store | None = None,
     ) -> None:
-        self.chat: Chat[Connection] = Chat(settings, clock, backplane=backplane)
+        self.chat: Chat[Connection] = Chat(settings, clock, backplane=backplane, store=store)
         self.backplane = self.chat.backplane
+        #: Where rooms outlive the process (None: in memory only).
+        self.store = store
         self._clock = clock
         self._secret = secret
         # Ids must be unique across the nodes a room spans.
@@ -54,6 +60,7 @@ class ChatApp(Handler):
 
     def on_stop(self) -> None:
         self.backplane.stop()
+        self.chat.close()
 
     def on_upgrade(self, request: Request) -> Response | str | None:
         if self._secret is None:

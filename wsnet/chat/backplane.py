@@ -17,11 +17,14 @@ from typing import Any, Protocol
 from wsnet.chat.loop import Loop
 from wsnet.metrics import Metric
 
-__all__ = ["Backplane", "LocalBackplane", "RoomSink", "new_epoch"]
+__all__ = ["Backplane", "Duplicate", "Failed", "LocalBackplane", "RoomSink", "new_epoch"]
 
 log = logging.getLogger("wsnet")
 
 Failed = Callable[[], None]
+#: Called with the first event of a message published again under the same
+#: dedup key (``history.dedup_key``): the answer for its sender alone.
+Duplicate = Callable[[str], None]
 
 
 class RoomSink(Protocol):
@@ -58,7 +61,13 @@ class Backplane(Protocol):
     def attach(self, sink: RoomSink) -> None: ...
     def start(self, loop: Loop) -> None: ...
     def stop(self) -> None: ...
-    def publish(self, room: str, prefix: str, suffix: str, failed: Failed) -> None: ...
+    def publish(
+        self, room: str, prefix: str, suffix: str, failed: Failed,
+        *, key: str | None = None, duplicate: Duplicate | None = None,
+    ) -> None:
+        """Number and deliver a message; a remote backplane also drops one whose
+        ``key`` it has seen (``Chat`` does that itself for a local one)."""
+        ...
     def open_room(self, room: str) -> None: ...
     def close_room(self, room: str) -> None: ...
     def presence(self, room: str, member_id: str, name: str | None, event: str) -> None: ...
@@ -80,7 +89,10 @@ class LocalBackplane:
     def stop(self) -> None:
         pass
 
-    def publish(self, room: str, prefix: str, suffix: str, failed: Failed) -> None:
+    def publish(
+        self, room: str, prefix: str, suffix: str, failed: Failed,
+        *, key: str | None = None, duplicate: Duplicate | None = None,
+    ) -> None:
         seq = self.sink.last_seq(room) + 1
         self.sink.deliver(room, seq, f"{prefix}{seq}{suffix}")
 

@@ -69,6 +69,25 @@ class Batch(Generic[P]):
         member.skip = None
         self.touched.discard(member)
 
+    def withdraw(self, events: set[str]) -> None:
+        """Take these queued events back from every room and reply (a store
+        could not keep them): nobody may see them. Skips still count what was
+        queued before each member's join."""
+        for room in self.active:
+            if not any(e in events for e in room.pending):
+                continue
+            before = [0]  # before[i]: events withdrawn among pending[:i]
+            for event in room.pending:
+                before.append(before[-1] + (event in events))
+            for member in self.touched:
+                if member.skip and room in member.skip:
+                    start = member.skip[room]
+                    member.skip[room] = start - before[start]
+            room.pending = [e for e in room.pending if e not in events]
+        for member in self.touched:
+            if member.personal:
+                member.personal = [e for e in member.personal if e not in events]
+
     def frames(self) -> Frames[P]:
         """End the tick: every frame to send, each with the peers that get it."""
         self._stamp += 1

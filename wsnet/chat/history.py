@@ -1,7 +1,9 @@
 """What rooms keep for replay, within three budgets.
 
-Each room's ``History`` holds consecutive ``(seq, event as UTF-8)`` entries:
-bytes, so that what is counted is what is held. A room keeps at most
+Each room's ``History`` holds consecutive ``(seq, event as UTF-8, key)``
+entries: bytes, so that what is counted is what is held. ``key`` names the
+sender's ``cid`` (``dedup_key``): while a message is held, a resend of it is
+found by its key instead of being published twice. A room keeps at most
 ``history`` entries and ``history_bytes`` bytes; all rooms together share one
 ``Ledger`` of ``history_total_bytes``, and a room that pushes the total over it
 keeps less (the chat first forgets idle rooms, see ``Chat``). Pure.
@@ -13,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 
-__all__ = ["History", "Ledger"]
+__all__ = ["History", "Ledger", "dedup_key"]
 
 
 class Ledger:
@@ -32,32 +34,67 @@ class Ledger:
         return self.total > self.total_bytes
 
 
+def dedup_key(cid: str | None, sender: str) -> str | None:
+    """What makes a resend the same message: the same ``cid`` from the same
+    sender name (with tokens, the token's name). The name is part of the key even
+    without tokens, so that two clients that happen to pick the same ``cid`` do
+    not swallow each other's messages; the page keeps its name across reconnects."""
+    if cid is None:
+        return None
+    return f"{sender}\x1f{cid}"
+
+
 class History:
     """One room's replayable messages, oldest first, with consecutive seqs."""
 
-    __slots__ = ("_entries", "bytes", "_ledger")
+    __slots__ = ("_entries", "bytes", "_ledger", "_keys")
 
     def __init__(self, ledger: Ledger) -> None:
-        self._entries: deque[tuple[int, bytes]] = deque()
+        self._entries: deque[tuple[int, bytes, str | None]] = deque()
         self.bytes = 0
         self._ledger = ledger
+        #: Dedup key -> the seq of the message held with it.
+        self._keys: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        return iter(self._entries)
+        return ((seq, data) for seq, data, _ in self._entries)
 
     def first_seq(self, default: int) -> int:
         """The oldest ``seq`` kept, or ``default`` if none is."""
         return self._entries[0][0] if self._entries else default
 
-    def append(self, seq: int, data: bytes) -> None:
+    @property
+    def last_seq(self) -> int | None:
+        return self._entries[-1][0] if self._entries else None
+
+    def append(self, seq: int, data: bytes, key: str | None = None) -> None:
         """Keep one more; ``seq`` must follow the last (or the history be empty).
         Call ``trim`` after making room elsewhere."""
-        self._entries.append((seq, data))
+        self._entries.append((seq, data, key))
         self.bytes += len(data)
         self._ledger.total += len(data)
+        if key is not None:
+            self._keys[key] = seq
+
+    def find(self, key: str) -> bytes | None:
+        """The message held under this dedup key, if it is still held."""
+        seq = self._keys.get(key)
+        if seq is None:
+            return None
+        return self._entries[seq - self._entries[0][0]][1]
+
+    def pop_newest(self) -> None:
+        """Take back the newest message (its commit to a store failed)."""
+        self._forget(*self._entries.pop())
+
+    def _forget(self, seq: int, data: bytes, key: str | None) -> None:
+        self.bytes -= len(data)
+        self._ledger.total -= len(data)
+        if key is not None and self._keys.get(key) == seq:
+            del self._keys[key]
 
     def trim(self) -> None:
         """Drop the oldest until this room is within its limits and, while the
@@ -68,14 +105,13 @@ class History:
             or self.bytes > ledger.room_bytes
             or (ledger.over and len(entries) > 1)
         ):
-            size = len(entries.popleft()[1])
-            self.bytes -= size
-            ledger.total -= size
+            self._forget(*entries.popleft())
 
     def clear(self) -> None:
         """Forget everything (the numbering jumped, or the room is forgotten)."""
         self._ledger.total -= self.bytes
         self._entries.clear()
+        self._keys.clear()
         self.bytes = 0
 
     def after(self, seq: int) -> Iterator[bytes]:
@@ -84,4 +120,4 @@ class History:
         if not self._entries:
             return iter(())
         start = max(0, seq + 1 - self._entries[0][0])
-        return (data for _, data in islice(self._entries, start, None))
+        return (data for _, data, _ in islice(self._entries, start, None))

@@ -6,7 +6,9 @@ returns the welcome frame, and ``flush`` (once per tick) returns each batch as
 whatever the caller uses to reach a client (the server passes connections).
 History is ``history.History`` per room under one ``Ledger``; a backplane
 (``backplane``) numbers messages and tells ``Chat`` what other nodes did,
-through the ``RoomSink`` methods at the end of the class. ARCHITECTURE.md,
+through the ``RoomSink`` methods at the end of the class. With a ``store``
+(single node only), every tick's messages are committed before its frames are
+built (``store.Journal``), and a failed commit takes them back. ARCHITECTURE.md,
 "The chat", maps the parts ``Chat`` is composed of.
 """
 
@@ -18,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from wsnet.chat.backplane import Backplane, LocalBackplane, new_epoch
 from wsnet.chat.batch import Batch, Frames
+from wsnet.chat.history import dedup_key
 from wsnet.chat.loading import Loading
 from wsnet.chat.presence import Presence, person_event, snapshot_event
 from wsnet.chat.protocol import (
@@ -33,6 +36,7 @@ from wsnet.chat.protocol import (
 )
 from wsnet.chat.settings import ChatSettings
 from wsnet.chat.state import Member, Room
+from wsnet.chat.store import Journal, Staged, Store
 from wsnet.chat.table import RoomTable
 
 __all__ = ["Chat", "ChatSettings", "Member", "Room"]
@@ -50,19 +54,30 @@ class Chat(Generic[P]):
         new_epoch: Callable[[], str] = new_epoch,
         timer: Callable[[], float] | None = None,
         backplane: Backplane | None = None,
+        *,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings or ChatSettings()
         self.backplane: Backplane = backplane or LocalBackplane()
         self.backplane.attach(self)
         self._remote = self.backplane.remote
+        if store is not None and self._remote:
+            raise ValueError("a store is the single-node engine: a remote backplane keeps history")
         #: Wall-clock time, for the ``ts`` of messages only.
         self.clock = clock
         #: Time for intervals and expiry, which must not jump with the wall clock
         #: (the same as ``clock`` when only that is given, as tests do).
         self.timer = timer or (time.monotonic if clock is time.time else clock)
-        self._table = RoomTable(self.settings, self.timer, new_epoch)
+        self._journal = None if store is None else Journal(store, self.timer)
+        self._table = RoomTable(self.settings, self.timer, new_epoch, self._journal)
         #: Every room by name (the table's own dict).
         self.rooms: dict[str, Room] = self._table.rooms
+        if store is not None:
+            for saved in store.load():
+                self._table.restore(saved)
+        #: The member whose message is being published (local numbering is
+        #: synchronous), with its cid and dedup key, for ``deliver``.
+        self._sender: tuple[Member[Any], str | None, str | None] | None = None
         self._batch: Batch[P] = Batch()
         self._presence = Presence(self.settings, self.timer, self._batch)
         self._loading: Loading[P] = Loading(
@@ -91,6 +106,8 @@ class Chat(Generic[P]):
         member.personal.extend(encode_event(e.event()) for e in errors)
         if room is not None:
             member.default_room = room
+            if self._journal is not None and self._journal.pending:
+                self._commit()  # the welcome leaves now: what it replays is kept
             self._join(member, Join(room, since, epoch))
         welcome = frame(member.personal)
         self._batch.sent_directly(member)
@@ -116,8 +133,11 @@ class Chat(Generic[P]):
 
     def reply(self, member: Member[P], event: dict[str, Any]) -> None:
         """Queue an event for this member only, in its next tick frame."""
+        self.reply_encoded(member, encode_event(event))
+
+    def reply_encoded(self, member: Member[P], encoded: str) -> None:
         if not member.gone:
-            self._batch.personal(member).append(encode_event(event))
+            self._batch.personal(member).append(encoded)
 
     def disconnect(self, member: Member[P]) -> None:
         """The client is gone: it leaves every room, its replies are dropped."""
@@ -137,6 +157,14 @@ class Chat(Generic[P]):
             where = f"join '{name}' first" if name is not None else "join a room first"
             self.reply(member, ChatError("not_in_room", where, name, command.cid).event())
             return
+        key = dedup_key(command.cid, member.name)
+        if key is not None and not self._remote:
+            original = room.history.find(key)
+            if original is not None:  # a resend: the first answer, not a second message
+                encoded = original.decode()
+                if encoded not in room.pending:  # else it is in this tick's frame already
+                    self.reply_encoded(member, encoded)
+                return
         head = {"type": "message", "room": room.name}
         rest: dict[str, Any] = {
             "from": member.name,
@@ -155,7 +183,14 @@ class Chat(Generic[P]):
             detail = "not sent: the chat backplane is unavailable; try again"
             self.reply(member, ChatError("unavailable", detail, room.name, cid).event())
 
-        self.backplane.publish(room.name, prefix, suffix, failed)
+        def duplicate(first: str) -> None:  # a remote backplane saw this key
+            self.reply_encoded(member, first)
+
+        self._sender = (member, cid, key)
+        try:
+            self.backplane.publish(room.name, prefix, suffix, failed, key=key, duplicate=duplicate)
+        finally:
+            self._sender = None
 
     def deliver(self, name: str, seq: int, encoded: str) -> None:
         """A numbered message of a room, from the backplane (or ourselves)."""
@@ -166,8 +201,11 @@ class Chat(Generic[P]):
         if seq != room.seq + 1:  # a jump: history must stay consecutive
             room.history.clear()
         room.seq = seq
-        self._table.remember(room, data)
+        sender, cid, key = self._sender or (None, None, None)
+        self._table.remember(room, data, key)
         self._batch.emit(room, encoded)
+        if self._journal is not None:
+            self._journal.message(Staged(room, seq, data, encoded, key, sender, cid))
 
     def _join(self, member: Member[P], command: Join) -> None:
         name = command.room
@@ -316,11 +354,41 @@ class Chat(Generic[P]):
     # -- the tick ------------------------------------------------------------
 
     def flush(self) -> Frames[P]:
-        """End the tick: every frame to send, each with the peers that get it."""
+        """End the tick: every frame to send, each with the peers that get it.
+        With a store, the tick's messages are committed first."""
         now = self.timer()
         self._presence.update(now)
         self._table.expire(now)
+        if self._journal is not None:
+            self._commit()
+            self._journal.maintain(now)
         return self._batch.frames()
+
+    def _commit(self) -> None:
+        """Commit what was accepted; if the store fails, take it all back: the
+        rooms' numbering, history and queued events, as if never sent, and
+        tell each sender (with its cid) to try again."""
+        assert self._journal is not None
+        failed = self._journal.commit()
+        if not failed:
+            return
+        for entry in reversed(failed):
+            room = entry.room
+            if room.history.last_seq == entry.seq:
+                room.history.pop_newest()
+            room.seq = min(room.seq, entry.seq - 1)
+        self._batch.withdraw({entry.encoded for entry in failed})
+        detail = "not sent: the chat's store cannot write; try again"
+        for entry in failed:
+            if entry.sender is not None:
+                error = ChatError("unavailable", detail, entry.room.name, entry.cid)
+                self.reply(entry.sender, error.event())
+
+    def close(self) -> None:
+        """Commit what is staged and close the store (the server is stopping)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     # -- reporting -----------------------------------------------------------
 

@@ -4,7 +4,9 @@
 settings' budgets. A room nobody is in stays, idle, for its history until
 ``room_ttl`` passes, more than ``max_idle_rooms`` wait, or the global budget
 needs its bytes, oldest first. History is bytes (``history.History``), so what
-is counted is what is held. Pure: time comes from the ``timer`` given.
+is counted is what is held. With a ``store.Journal``, rooms made and forgotten
+are told to it, and ``restore`` brings back a store's rooms at start. Pure:
+time comes from the ``timer`` given.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from wsnet.chat.history import Ledger
 from wsnet.chat.protocol import encode_event
 from wsnet.chat.settings import ChatSettings
 from wsnet.chat.state import Room
+from wsnet.chat.store import Journal, SavedRoom
 
 __all__ = ["RoomTable"]
 
@@ -25,7 +28,11 @@ class RoomTable:
     """Every room by name, the idle ones oldest first, and one history ledger."""
 
     def __init__(
-        self, settings: ChatSettings, timer: Callable[[], float], new_epoch: Callable[[], str],
+        self,
+        settings: ChatSettings,
+        timer: Callable[[], float],
+        new_epoch: Callable[[], str],
+        journal: Journal | None = None,
     ) -> None:
         self.rooms: dict[str, Room] = {}
         self.ledger = Ledger(settings.history, settings.history_bytes,
@@ -35,6 +42,7 @@ class RoomTable:
         self._settings = settings
         self._timer = timer
         self._new_epoch = new_epoch
+        self._journal = journal
         self._made = 0
 
     def open(self, name: str) -> Room:
@@ -42,6 +50,8 @@ class RoomTable:
         room = self.rooms.get(name)
         if room is None:
             room = self._make(name, self._new_epoch())
+            if self._journal is not None:
+                self._journal.room_made(room)
         else:
             self._idle.pop(name, None)
         return room
@@ -57,11 +67,31 @@ class RoomTable:
         room = self.rooms[name] = Room(name, self._made, epoch, self.ledger)
         return room
 
+    def restore(self, saved: SavedRoom) -> None:
+        """A room from a store, at start: idle (nobody is connected yet) from
+        now, with its epoch, its ``seq`` and the history it keeps."""
+        room = self._make(saved.name, saved.epoch)
+        room.seq = saved.seq
+        newest = [m for m in saved.messages if m[0] <= saved.seq]
+        start = len(newest)  # keep the consecutive run that ends at the newest
+        while start > 0 and newest[start - 1][0] == saved.seq - (len(newest) - start):
+            start -= 1
+        for seq, data, key in newest[start:]:
+            room.history.append(seq, data, key)
+            room.history.trim()
+        self._idle[room.name] = self._timer()
+        while self.ledger.over and len(self._idle) > 1:
+            self._forget_oldest_idle()
+        if len(self._idle) > self._settings.max_idle_rooms:
+            self._forget_oldest_idle()
+
     def drop(self, room: Room) -> None:
         """Forget the room now, with its history."""
         room.history.clear()
         del self.rooms[room.name]
         self._idle.pop(room.name, None)
+        if self._journal is not None:
+            self._journal.room_forgotten(room.name)
 
     def park(self, room: Room) -> None:
         """Nobody is in the room: keep it for its history, if it has any."""
@@ -81,11 +111,13 @@ class RoomTable:
     def _forget_oldest_idle(self) -> None:
         name, _ = self._idle.popitem(last=False)
         self.rooms.pop(name).history.clear()
+        if self._journal is not None:
+            self._journal.room_forgotten(name)
 
-    def remember(self, room: Room, data: bytes) -> None:
+    def remember(self, room: Room, data: bytes, key: str | None = None) -> None:
         """Keep the room's newest message (``room.seq``); over the global budget,
         idle rooms are forgotten before this one keeps less."""
-        room.history.append(room.seq, data)
+        room.history.append(room.seq, data, key)
         while self.ledger.over and self._idle:
             self._forget_oldest_idle()
         room.history.trim()

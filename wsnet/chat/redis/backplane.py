@@ -28,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from wsnet.chat.backplane import Failed, RoomSink, new_epoch
+from wsnet.chat.backplane import Duplicate, Failed, RoomSink, new_epoch
 from wsnet.chat.loop import Cancellable, Loop
 from wsnet.chat.redis.link import RedisLink
 from wsnet.chat.redis.resp import RedisAddress, RedisError
@@ -39,13 +39,24 @@ __all__ = ["RedisBackplane"]
 log = logging.getLogger("wsnet")
 
 
-# KEYS: seq, log, channel, epoch. ARGV: prefix, suffix, history, new epoch, ttl.
+# KEYS: seq, log, channel, epoch[, dedup]. ARGV: prefix, suffix, history, new
+# epoch, ttl. With a dedup key seen before: {seq, first event or false}, nothing
+# published (the key lives as long as the history, so the event is usually there).
 _PUBLISH = """
+if KEYS[5] then
+  local old = redis.call('GET', KEYS[5])
+  if old then
+    local entry = redis.call('XRANGE', KEYS[2], old .. '-1', old .. '-1')
+    if entry[1] then return {tonumber(old), entry[1][2][2]} end
+    return {tonumber(old), false}
+  end
+end
 redis.call('SET', KEYS[4], ARGV[4], 'NX')
 local seq = redis.call('INCR', KEYS[1])
 local event = ARGV[1] .. seq .. ARGV[2]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'e', event)
 redis.call('PUBLISH', KEYS[3], 'm ' .. seq .. ' ' .. event)
+if KEYS[5] then redis.call('SET', KEYS[5], seq, 'EX', ARGV[5]) end
 for i = 1, 4 do
   if i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 end
@@ -211,7 +222,10 @@ class RedisBackplane:
 
     # -- messages ------------------------------------------------------------
 
-    def publish(self, room: str, prefix: str, suffix: str, failed: Failed) -> None:
+    def publish(
+        self, room: str, prefix: str, suffix: str, failed: Failed,
+        *, key: str | None = None, duplicate: Duplicate | None = None,
+    ) -> None:
         started = time.monotonic()
 
         def done(reply: Any) -> None:
@@ -219,11 +233,17 @@ class RedisBackplane:
                 self.publish_errors.inc()
                 log.debug("publish to %s failed: %s", room, reply)
                 failed()
-            else:
-                self.publish_latency.observe(time.monotonic() - started)
+                return
+            self.publish_latency.observe(time.monotonic() - started)
+            if isinstance(reply, list):  # seen before: the first event, if still held
+                first = reply[1] if len(reply) > 1 else None
+                if duplicate is not None and isinstance(first, bytes):
+                    duplicate(first.decode())
 
         keys = [self._key(room, "seq"), self._key(room, "log"), self._channel(room),
                 self._key(room, "epoch")]
+        if key is not None:
+            keys.append(self._key(room, "cid:" + key))
         args: list[str | int] = [prefix, suffix, self.sink.history_limit, new_epoch(),
                                  self.history_ttl]
         if not self._run(_PUBLISH, keys, args, done):

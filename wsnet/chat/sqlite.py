@@ -1,0 +1,191 @@
+"""The chat's durable store on the standard library's ``sqlite3``.
+
+One file, in WAL mode: a tick's messages are one transaction, appended to the
+log (``synchronous=NORMAL``: safe against the process dying at any moment; with
+``fsync``, ``FULL``: against power loss too). The file is marked as ours
+(``application_id``, ``user_version``) and checked before anything is written,
+so a foreign or corrupt file is refused untouched. A lock file held with
+``flock`` keeps a second server off the same file (the kernel drops it if the
+process dies); other readers, such as an online backup, are welcome.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from wsnet.chat.store import SavedRoom, StoreError
+
+__all__ = ["SqliteStore", "StoreOpenError"]
+
+#: "wsnc" in the database header: this file is a wsnet chat store.
+APPLICATION_ID = 0x77736E63
+SCHEMA_VERSION = 1
+#: After a checkpoint the WAL file is cut back to this size (bytes), so a burst
+#: does not leave a large log behind.
+WAL_SIZE_LIMIT = 4 << 20
+#: Free pages given back to the file system per pruning pass.
+VACUUM_PAGES = 1024
+
+_SCHEMA = (
+    "CREATE TABLE rooms (name TEXT PRIMARY KEY, epoch TEXT NOT NULL, seq INTEGER NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, event BLOB NOT NULL,"
+    " key TEXT, PRIMARY KEY (room, seq)) WITHOUT ROWID",
+)
+
+
+class StoreOpenError(Exception):
+    """The file cannot be used as a store; the message names it and says why."""
+
+
+class SqliteStore:
+    """A chat store in one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._lock_fd = _lock(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
+            raise StoreOpenError(f"{self.path}: cannot open: {exc}") from exc
+        try:
+            self._prepare(fsync)
+        except (sqlite3.Error, StoreOpenError) as exc:
+            self._db.close()
+            os.close(self._lock_fd)
+            if isinstance(exc, StoreOpenError):
+                raise
+            raise StoreOpenError(f"{self.path}: {exc}") from exc
+
+    def _prepare(self, fsync: bool) -> None:
+        db = self._db
+        # Reads only, until the file is known to be ours (or empty).
+        app = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app == 0 and tables == 0:
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only before the first table
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        elif app != APPLICATION_ID:
+            raise StoreOpenError(f"{self.path}: not a wsnet chat store (another program's file?)")
+        elif version != SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"{self.path}: store format {version}; this wsnet reads format {SCHEMA_VERSION}",
+            )
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreOpenError(f"{self.path}: cannot use WAL mode (got {mode!r})")
+        db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection itself, for tests and tools (PRAGMAs)."""
+        return self._db
+
+    def load(self) -> list[SavedRoom]:
+        """Every room with the messages it keeps. A corrupt page surfaces here,
+        at start, as ``StoreOpenError``."""
+        try:
+            rooms = {
+                name: SavedRoom(name, epoch, seq, [])
+                for name, epoch, seq in self._db.execute("SELECT name, epoch, seq FROM rooms")
+            }
+            query = "SELECT room, seq, event, key FROM messages ORDER BY room, seq"
+            for room, seq, event, key in self._db.execute(query):
+                saved = rooms.get(room)
+                if saved is not None and seq <= saved.seq:
+                    saved.messages.append((seq, bytes(event), key))
+        except sqlite3.Error as exc:
+            raise StoreOpenError(f"{self.path}: cannot read: {exc}") from exc
+        return list(rooms.values())
+
+    def write(
+        self,
+        rooms: Iterable[tuple[str, str, int]],
+        fresh: Iterable[str],
+        messages: Iterable[tuple[str, int, bytes, str | None]],
+    ) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM messages WHERE room = ?", ((n,) for n in fresh))
+                db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?)", messages)
+                db.executemany(
+                    "INSERT INTO rooms VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                    " SET epoch = excluded.epoch, seq = excluded.seq",
+                    rooms,
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def prune(self, keep_from: Iterable[tuple[str, int]], forget: Iterable[str]) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "DELETE FROM messages WHERE room = ? AND seq < ?", keep_from,
+                )
+                gone = [(name,) for name in forget]
+                db.executemany("DELETE FROM messages WHERE room = ?", gone)
+                db.executemany("DELETE FROM rooms WHERE name = ?", gone)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            db.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def close(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass  # the WAL is replayed at the next open
+        self._db.close()
+        os.close(self._lock_fd)
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # SQLite rolled back already (it does on SQLITE_FULL and I/O errors)
+
+
+def _lock(path: Path) -> int:
+    """Hold ``PATH.lock`` for as long as the store is open: one server per file."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreOpenError(f"{lock_path}: cannot create the lock file: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise StoreOpenError(
+            f"{path}: in use by another wsnet (pid {holder}); one server per store file",
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
