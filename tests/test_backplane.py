@@ -395,6 +395,52 @@ def test_a_resend_by_cid_on_either_node_or_after_a_node_restart_is_one_message(
     scenario(main())
 
 
+def test_a_resume_on_a_node_still_catching_up_repeats_nothing_and_resets_nothing(
+    redis_server: RedisServer, server_factory: ServerFactory,
+) -> None:
+    """Redis restarts (keeping its data); node B, stopped meanwhile, comes back
+    behind node A. A client that saw seq 8 through A resumes on B before B has
+    caught up: it must get the messages after 8 once, and no reset."""
+    a, b = two_nodes(server_factory, redis_server)
+
+    async def main() -> None:
+        ann = await Client.enter(a, name="ann")
+        bob = await Client.enter(b, name="bob")
+        epoch = await joined([ann, bob])
+        for k in range(3):
+            await ann.say(f"before-{k}")
+        await bob.messages_until(3)
+        with paused(b):
+            # Redis restarts with its data (SAVE, then the dump is loaded): B's
+            # link is cut while it is stopped, and A reconnects.
+            redis_call(redis_server.port, "SAVE")
+            redis_server.kill()
+            redis_server.start()
+            wait_redis_state(a, "up")
+            for k in range(5):  # published while B is away
+                await ann.say(f"while-{k}")
+            assert [m["seq"] for m in await ann.messages_until(8)] == list(range(1, 9))
+            redis_call(redis_server.port, "SAVE")
+            redis_server.kill()  # B cannot catch up until Redis is back
+        wait_redis_state(b, "down")  # B is back, behind (seq 3), and cut off
+        cy = await Client.open(b, name="cy", room=ROOM, since=8, epoch=epoch)
+        redis_server.start()
+        wait_redis_state(b, "up")
+        wait_redis_state(a, "up")
+        presence = await cy.until(kind("presence", room=ROOM), timeout=15)
+        assert (presence["epoch"], presence["seq"]) == (epoch, 8)
+        await ann.say("live")
+        await cy.messages_until(9)
+        assert [e["type"] for e in cy.events] == ["welcome", "presence", "message"]
+        await bob.messages_until(9)
+        assert [m["seq"] for m in bob.messages()] == list(range(1, 10))  # each once
+        assert not [e for e in bob.events if e["type"] == "gap"]
+        for client in (ann, bob, cy):
+            await client.close()
+
+    scenario(main(), timeout=40)
+
+
 # ----------------------------------------------------------------------------
 # 3. Presence across nodes
 # ----------------------------------------------------------------------------

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from support.clock import FakeClock
 from support.fake_backplane import FakeBackplane, Hub
 
+from wsnet.chat.loading import CATCH_UP_WAIT
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 
 Event = dict[str, Any]
@@ -18,8 +20,9 @@ class Cluster:
         self.hub = Hub(history)
         self.backplanes = [FakeBackplane(self.hub, f"n{i}") for i in range(nodes)]
         settings = ChatSettings(history=history)
+        self.clock = FakeClock(1000.0)
         self.nodes: list[Chat[str]] = [
-            Chat(settings, clock=lambda: 1000.0, backplane=b) for b in self.backplanes
+            Chat(settings, clock=self.clock, backplane=b) for b in self.backplanes
         ]
         self.members: dict[str, tuple[Chat[str], Member[str]]] = {}
         self.got: dict[str, list[Event]] = {}
@@ -100,6 +103,65 @@ def test_a_node_that_missed_messages_catches_up_or_says_where_history_starts() -
     (gap,) = c.events("bob", "gap")
     assert gap == {"type": "gap", "room": "lobby", "since": 2, "first": 9}
     assert c.seqs("bob") == [1, 2, 9, 10, 11, 12]
+
+
+def _behind(c: Cluster) -> str:
+    """ann on node 0 and bob on node 1 saw seq 1; node 1 then misses 2..5."""
+    c.connect("ann", 0)
+    c.connect("bob", 1)
+    c.tick()
+    c.send("ann", {"type": "message", "text": "first"})
+    c.tick()
+    c.backplanes[1].detach()
+    for i in range(4):
+        c.send("ann", {"type": "message", "text": f"while-{i}"})
+    c.tick()
+    assert c.seqs("ann") == [1, 2, 3, 4, 5] and c.seqs("bob") == [1]
+    return str(c.events("ann", "presence")[0]["epoch"])
+
+
+def test_a_resume_on_a_node_that_is_behind_waits_for_it_and_repeats_nothing() -> None:
+    c = Cluster()
+    epoch = _behind(c)
+    c.connect("cy", 1, since=5, epoch=epoch)  # saw 5 on node 0; back on node 1
+    c.tick()
+    assert [e["type"] for e in c.got["cy"]] == ["welcome"]  # no reset: it waits
+    c.backplanes[1].attach_again()
+    c.tick()
+    (presence,) = c.events("cy", "presence")
+    assert (presence["epoch"], presence["seq"]) == (epoch, 5)
+    assert c.events("cy", "gap") == [] and c.seqs("cy") == []
+    c.send("ann", {"type": "message", "text": "live"})
+    c.tick()
+    assert c.seqs("cy") == [6]
+    assert c.seqs("bob") == [1, 2, 3, 4, 5, 6]  # caught up, each once
+
+
+def test_a_resume_that_the_node_cannot_catch_up_with_is_refused_in_time() -> None:
+    c = Cluster()
+    epoch = _behind(c)
+    c.connect("cy", 1, since=5, epoch=epoch)
+    c.tick()
+    c.clock.advance(CATCH_UP_WAIT)
+    c.tick()
+    [error] = c.events("cy", "error")
+    assert (error["error"], error["room"]) == ("unavailable", "lobby")
+    assert c.events("cy", "presence") == [] and c.events("cy", "gap") == []
+    assert not c.members["cy"][1].joining
+
+
+def test_a_resume_waiting_for_an_epoch_that_is_gone_gets_the_reset() -> None:
+    c = Cluster()
+    epoch = _behind(c)
+    c.connect("cy", 1, since=5, epoch=epoch)
+    c.tick()
+    c.hub.restart(c.backplanes[:1])  # everything lost while node 1 was away
+    c.backplanes[1].attach_again()  # its reload finds a new epoch
+    c.tick()
+    (presence,) = [e for e in c.events("cy", "presence") if "epoch" in e]
+    assert presence["epoch"] != epoch
+    [gap] = c.events("cy", "gap")
+    assert gap["reset"] is True
 
 
 def test_messages_while_detached_are_refused_not_dropped() -> None:

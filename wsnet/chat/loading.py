@@ -5,7 +5,10 @@ in it. A join of a room not held yet waits while the backplane loads it; the
 first load lets the waiting joins go ahead. After an outage the backplane loads
 the room again, and members hear either what they missed (a catch-up, with a
 gap first if history no longer reaches back) or, if the backplane lost the room
-and numbering restarted, what a join would answer in the new epoch. Pure.
+and numbering restarted, what a join would answer in the new epoch. A resume
+whose ``since`` is past what this node holds, in the same epoch, means another
+node is ahead: it waits until this one has caught up (``wait_behind``), since
+answering now would either reset it or repeat what it has seen. Pure.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from wsnet.chat.protocol import ChatError, Join, encode_event
 from wsnet.chat.state import Member, Room
 from wsnet.chat.table import RoomTable
 
-__all__ = ["Loading"]
+__all__ = ["CATCH_UP_WAIT", "Loading"]
+
+#: Seconds a resume may wait for this node to catch up with the backplane: the
+#: longest reconnect backoff (5 s) and a reload, with room to spare. Past it the
+#: join is refused with ``unavailable``, to be tried again.
+CATCH_UP_WAIT = 10.0
 
 P = TypeVar("P")
 
@@ -50,6 +58,7 @@ class Loading(Generic[P]):
         self._emptied = emptied
         self._deliver = deliver
         self._reply = reply
+        self._behind: set[Room] = set()
 
     def wait_for(self, member: Member[P], command: Join, room: Room | None) -> None:
         """A join of a room this node does not hold yet: load it, join then."""
@@ -62,6 +71,44 @@ class Loading(Generic[P]):
         room = self._table.placeholder(command.room)
         room.waiting.append(member)
         self._backplane.open_room(command.room)  # may fail at once
+
+    def wait_behind(self, member: Member[P], command: Join, room: Room, deadline: float) -> None:
+        """A resume past this node's ``seq`` in the same epoch: join once
+        ``room.seq`` reaches ``command.since`` (``caught_up``)."""
+        if member.joining is None:
+            member.joining = {}
+        member.joining[command.room] = command
+        room.behind.append((member, deadline))
+        self._behind.add(room)
+
+    def caught_up(self, room: Room, now: float | None = None) -> None:
+        """Let the resumes this room's ``seq`` now covers go ahead; with ``now``,
+        refuse those past their deadline."""
+        waiting, room.behind = room.behind, []
+        for member, deadline in waiting:
+            command = member.joining.get(room.name) if member.joining else None
+            if command is None or member.gone:
+                continue
+            if command.since is None or command.since <= room.seq:
+                self._release(member, command)
+            elif now is not None and now >= deadline:
+                assert member.joining is not None
+                del member.joining[room.name]
+                detail = "cannot resume now: this node is catching up; try again"
+                self._reply(member, ChatError("unavailable", detail, room.name).event())
+            else:
+                room.behind.append((member, deadline))
+        if not room.behind:
+            self._behind.discard(room)
+
+    def expire(self, now: float) -> None:
+        for room in list(self._behind):
+            self.caught_up(room, now)
+
+    def _release(self, member: Member[P], command: Join) -> None:
+        assert member.joining is not None
+        del member.joining[command.room]
+        self._join_now(member, command)
 
     def unwait(self, member: Member[P], name: str) -> None:
         if member.joining is not None:
@@ -125,6 +172,12 @@ class Loading(Generic[P]):
                                  "first": room.first_seq, "reset": True}))
         for _, data in room.history:
             emit(room, data.decode())
+        for member, _ in room.behind:  # the epoch they resume in is gone: a reset
+            command = member.joining.get(room.name) if member.joining else None
+            if command is not None and not member.gone:
+                self._release(member, command)
+        room.behind = []
+        self._behind.discard(room)
 
     def _catch_up(self, room: Room, seq: int, history: list[tuple[int, str]]) -> None:
         """What was published while we were away: all of it, or a gap first if

@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 from wsnet.chat.backplane import Backplane, LocalBackplane, new_epoch
 from wsnet.chat.batch import Batch, Frames
 from wsnet.chat.history import dedup_key
-from wsnet.chat.loading import Loading
+from wsnet.chat.loading import CATCH_UP_WAIT, Loading
 from wsnet.chat.presence import Presence, person_event, snapshot_event
 from wsnet.chat.protocol import (
     ChatError,
@@ -204,6 +204,8 @@ class Chat(Generic[P]):
         sender, cid, key = self._sender or (None, None, None)
         self._table.remember(room, data, key)
         self._batch.emit(room, encoded)
+        if room.behind:
+            self._loading.caught_up(room)
         if self._journal is not None:
             self._journal.message(Staged(room, seq, data, encoded, key, sender, cid))
 
@@ -223,6 +225,11 @@ class Chat(Generic[P]):
         existing = self.rooms.get(name)
         if self._remote and (existing is None or existing.loading):
             self._loading.wait_for(member, command, existing)
+            return
+        if (self._remote and existing is not None and command.since is not None
+                and command.epoch == existing.epoch and command.since > existing.seq):
+            # Another node is ahead of this one: wait for it, do not reset.
+            self._loading.wait_behind(member, command, existing, self.timer() + CATCH_UP_WAIT)
             return
         replay: list[str] = []
         if command.since is not None and existing is not None:
@@ -359,6 +366,7 @@ class Chat(Generic[P]):
         now = self.timer()
         self._presence.update(now)
         self._table.expire(now)
+        self._loading.expire(now)
         if self._journal is not None:
             self._commit()
             self._journal.maintain(now)

@@ -48,7 +48,7 @@ class Room:
     """Members, the message sequence, history, and the tick's queued events."""
 
     __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
-                 "counting", "count_due", "remote", "loading", "waiting")
+                 "counting", "count_due", "remote", "loading", "waiting", "behind")
 
     def __init__(self, name: str, order: int, epoch: str, ledger: Ledger) -> None:
         self.name = name
@@ -71,6 +71,9 @@ class Room:
         #: Its state is being fetched from the backplane; ``waiting`` join it then.
         self.loading = False
         self.waiting: list[Member[Any]] = []
+        #: Members resuming past this node's ``seq`` in the same epoch (another
+        #: node is ahead): they join once it has caught up, by the deadline.
+        self.behind: list[tuple[Member[Any], float]] = []
 
     @property
     def size(self) -> int:
