@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 import websockets
 from support.chat import recv_json, ws_connect
 from support.procs import python_env
+from support.rawclient import http_get
 from support.servers import ServerProcess, start_server
 
 pytestmark = pytest.mark.live
@@ -217,13 +219,26 @@ def test_a_second_server_on_the_same_store_refuses_to_start(
         first.terminate_and_wait()
 
 
-def test_the_default_store_is_made_in_the_data_dir(tmp_path: Path) -> None:
+def test_the_default_store_is_made_in_the_data_dir_and_reported(tmp_path: Path) -> None:
     server = start_server(["--data-dir", str(tmp_path / "new" / "dir")], tmp_path / "s.stderr")
     try:
         assert (tmp_path / "new" / "dir" / "chat.sqlite3").is_file()
-        assert "chat store:" in server.stderr_text()
+        assert json.loads(http_get(server.port, "/healthz").body)["store"] == "ok"
+
+        async def one_message() -> None:
+            async with ws_connect(server.url + "?name=ann&room=dev") as ws:
+                await recv_json(ws)
+                await ws.send(json.dumps({"type": "message", "text": "hi"}))
+                await recv_json(ws)
+
+        asyncio.run(asyncio.wait_for(one_message(), 10))
+        metrics = http_get(server.port, "/metrics").body.decode()
+        count = re.search(r"^wsnet_chat_store_commit_seconds_count (\d+)", metrics, re.M)
+        assert count is not None and int(count.group(1)) >= 1
+        assert "wsnet_chat_store_healthy 1" in metrics
     finally:
         server.terminate_and_wait()
+    assert "chat store: " in server.stderr_text()
 
 
 def test_memory_store_writes_no_file(tmp_path: Path) -> None:

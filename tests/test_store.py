@@ -35,8 +35,8 @@ def say(h: Harness, peer: str, text: str, cid: str | None = None, room: str = "l
 def test_written_rows_come_back_after_reopening(tmp_path: Path) -> None:
     path = tmp_path / "chat.sqlite3"
     store = SqliteStore(path)
-    store.write([("dev", "e1", 2)], ["dev"], [("dev", 1, b"one", "k1"), ("dev", 2, b"two", None)])
-    store.write([("ops", "e2", 0)], ["ops"], [])
+    store.write([("dev", "e1", 0)], [("dev", 1, b"one", "k1"), ("dev", 2, b"two", None)])
+    store.write([("ops", "e2", 0)], [])
     store.close()
     again = SqliteStore(path)
     try:
@@ -52,24 +52,35 @@ def test_prune_deletes_below_the_kept_seq_and_forgotten_rooms(tmp_path: Path) ->
     store = SqliteStore(tmp_path / "s")
     try:
         rows = [("a", seq, b"x", None) for seq in range(1, 11)]
-        store.write([("a", "e", 10), ("b", "e", 1)], ["a", "b"], [*rows, ("b", 1, b"y", None)])
-        store.prune([("a", 8)], ["b"])
+        store.write([("a", "e", 0), ("b", "e", 0)], [*rows, ("b", 1, b"y", None)])
+        store.prune([("a", 8, 10)], ["b"])
         saved = {room.name: room for room in store.load()}
     finally:
         store.close()
     assert [seq for seq, _, _ in saved["a"].messages] == [8, 9, 10]
-    assert "b" not in saved
+    assert saved["a"].seq == 10 and "b" not in saved
 
 
 def test_a_room_made_anew_loses_its_old_incarnation(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s")
     try:
-        store.write([("a", "old", 2)], ["a"], [("a", 1, b"1", None), ("a", 2, b"2", None)])
-        store.write([("a", "new", 1)], ["a"], [("a", 1, b"fresh", None)])
+        store.write([("a", "old", 0)], [("a", 1, b"1", None), ("a", 2, b"2", None)])
+        store.write([("a", "new", 0)], [("a", 1, b"fresh", None)])
         [saved] = store.load()
     finally:
         store.close()
     assert saved.epoch == "new" and saved.messages == [(1, b"fresh", None)]
+
+
+@pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
+def test_fsync_chooses_how_far_a_commit_waits(tmp_path: Path, fsync: bool, level: int) -> None:
+    store = SqliteStore(tmp_path / "s", fsync=fsync)
+    try:
+        db = store.connection
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA synchronous").fetchone() == (level,)  # NORMAL, FULL
+    finally:
+        store.close()
 
 
 def test_a_second_server_on_one_file_is_refused(tmp_path: Path) -> None:
@@ -250,6 +261,41 @@ def test_retention_keeps_the_file_within_the_history_limits(tmp_path: Path) -> N
     node.h.tick()
     rows = sqlite3.connect(node.path).execute("SELECT count(*) FROM messages").fetchone()
     assert rows == (10,)
+
+
+def test_the_file_does_not_grow_with_traffic_past_its_limits(tmp_path: Path) -> None:
+    node = Node(tmp_path / "s", history=10)
+    node.h.connect("ann")
+    sizes = []
+    for i in range(3000):  # 12 MB of messages through a history of 40 KB
+        say(node.h, "ann", f"{i}:" + "z" * 4000)
+        node.h.tick()
+        if i % 100 == 99:
+            node.clock.advance(PRUNE_INTERVAL)
+            sizes.append(node.path.stat().st_size)
+    wal = node.path.with_name(node.path.name + "-wal").stat().st_size
+    assert max(sizes) < 1 << 20, sizes  # the file: history and some free pages
+    assert wal <= (8 << 20) + (1 << 20), wal  # the log: checkpointed by 8 MiB at most
+    node.restart()
+    assert len(node.h.chat.rooms["lobby"].history) == 10
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_numbering_survives_a_restart_even_with_no_history(tmp_path: Path, pruned: bool) -> None:
+    node = Node(tmp_path / "s", history=0)
+    node.h.connect("ann")
+    for i in range(3):
+        say(node.h, "ann", f"m{i}")
+    node.h.tick()
+    if pruned:  # the rows went; the room's row keeps the seq
+        node.clock.advance(PRUNE_INTERVAL)
+        node.h.tick()
+        rows = sqlite3.connect(node.path).execute("SELECT count(*) FROM messages").fetchone()
+        assert rows == (0,)
+    node.restart()
+    node.h.connect("ann")
+    say(node.h, "ann", "next")
+    assert [m["seq"] for m in messages(node.h.tick()["ann"])] == [4]
 
 
 def test_an_expired_room_is_deleted_from_the_file(tmp_path: Path) -> None:

@@ -26,7 +26,13 @@ from loadgen import raise_nofile  # bench/ is not a package: from its folder
 
 from wsbench.report import chart, report, row_notices
 from wsbench.scale import scenario_scale
-from wsbench.scenarios import Row, scenario_broadcast, scenario_idle, scenario_saturation
+from wsbench.scenarios import (
+    Row,
+    scenario_broadcast,
+    scenario_idle,
+    scenario_saturation,
+    scenario_store,
+)
 from wsbench.servers import PROCESSES, SERVER_LOGS, SERVERS, ensure_node_ws
 from wsbench.settings import BENCH, FULL, QUICK, ROOT, SCENARIOS, Scale
 
@@ -179,7 +185,7 @@ def run_all(
         log(f" scenario {scenario}")
         rows[scenario] = []
         for kind in kinds:
-            if scenario in ("flush", "scale") and kind.name != "wsnet":
+            if scenario in ("flush", "store", "scale") and kind.name != "wsnet":
                 continue
             try:
                 if scenario == "scale":
@@ -194,6 +200,8 @@ def run_all(
                     rows[scenario] += scenario_broadcast(
                         kind, scale, log, name="deflate", deflate=True, sessions=scale.deflate,
                     )
+                elif scenario == "store":
+                    rows[scenario] += scenario_store(scale, log)
                 elif scenario == "saturation":
                     rows[scenario] += scenario_saturation(kind, scale, log)
                 elif scenario == "flush":

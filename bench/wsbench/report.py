@@ -11,7 +11,13 @@ from typing import Any
 from wsbench.fmt import fmt_kb, fmt_ms, fmt_rate, ratio
 from wsbench.scale_report import scale_notices, scale_report
 from wsbench.scenarios import Row
-from wsbench.settings import LOADGEN_BUSY, SATURATION_DELIVERED, SATURATION_P99_MS
+from wsbench.settings import (
+    LOADGEN_BUSY,
+    SATURATION_DELIVERED,
+    SATURATION_P99_MS,
+    STORE_CPU_RATIO,
+    STORE_P99_EXTRA_MS,
+)
 
 
 def row_notices(row: Row) -> list[str]:
@@ -173,8 +179,33 @@ TITLES = {
     f"{SATURATION_P99_MS:g} ms or delivered < {SATURATION_DELIVERED:.0%}",
     "deflate": "Deflate: the broadcast scenarios, every client negotiating permessage-deflate",
     "flush": "wsnet flush interval: 0 (every loop turn) vs 50 ms ticks",
+    "store": "Durable store: SQLite (the default) vs --store memory, clients in rooms",
     "scale": "Scale: wsnet --workers N on one Redis, rooms spanning workers",
 }
+
+
+def store_cost(rows: list[Row]) -> list[str]:
+    """The store against memory at each load, judged by the targets."""
+    out = []
+    by_load: dict[tuple[int, float], dict[str, Row]] = {}
+    for row in rows:
+        by_load.setdefault((row.connections, row.values["rate"]), {})[row.server] = row
+    for (n, rate), pair in sorted(by_load.items()):
+        memory, sqlite = pair.get("wsnet (memory)"), pair.get("wsnet (sqlite)")
+        if memory is None or sqlite is None:
+            continue
+        m, q = memory.values, sqlite.values
+        if m["p99_ms"] is None or q["p99_ms"] is None or not m["cpu_pct"]:
+            continue
+        extra = q["p99_ms"] - m["p99_ms"]
+        cpu = q["cpu_pct"] / m["cpu_pct"]
+        met = extra <= STORE_P99_EXTRA_MS and cpu <= STORE_CPU_RATIO
+        out.append(
+            f"- {n:,} clients in {m.get('rooms', '?')} rooms x {rate:g} msg/s: the store adds "
+            f"{extra:+.1f} ms at p99 (target <= {STORE_P99_EXTRA_MS:g}) and uses {cpu:.2f}x the "
+            f"CPU (target <= {STORE_CPU_RATIO:g}x): {'met' if met else '**not met**'}",
+        )
+    return out
 
 
 def report(results: dict[str, Any], rows: dict[str, list[Row]]) -> str:
@@ -210,6 +241,8 @@ def report(results: dict[str, Any], rows: dict[str, list[Row]]) -> str:
             lines += deflate_cost(scenario_rows, rows.get("broadcast", []))
         if scenario == "flush":
             lines += flush_tradeoff(scenario_rows)
+        if scenario == "store":
+            lines += store_cost(scenario_rows)
         if lines:
             out += ["", *lines]
     if results["notices"]:

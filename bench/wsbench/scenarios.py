@@ -5,16 +5,18 @@ connections and measures again; each run of it becomes one ``Row`` of a table.
 
 from __future__ import annotations
 
+import math
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsbench.driver import LoadGen, RunResult, sleep_until_ns, summed_errors
+from wsbench.driver import LoadGen, RunResult, WorkerSpec, sleep_until_ns, split, summed_errors
 from wsbench.fmt import fmt_ms
 from wsbench.procfs import proc_cpu_s
-from wsbench.servers import ServerKind, ServerProcess, running_server
+from wsbench.servers import ServerKind, ServerProcess, running_server, wsnet_store
 from wsbench.settings import LOADGEN_BUSY, SATURATION_DELIVERED, SATURATION_P99_MS, Scale
 
 
@@ -47,14 +49,19 @@ def session(
     deflate: bool = False,
     flush_ms: float | None = None,
     senders: int = 0,
+    rooms: int = 0,
 ) -> Iterator[Session]:
-    """Start the server, measure it empty, open the connections, measure again."""
+    """Start the server, measure it empty, open the connections, measure again.
+    With ``rooms``, client g joins room ``r{g % rooms}`` and each room has one
+    sender (``senders`` is then ignored)."""
     with running_server(kind, deflate, flush_ms) as server:
         time.sleep(scale.settle)  # let the empty server settle before its baseline
         empty = server.rss_kb()
+        specs = _room_specs(server.port, connections, rooms, scale) if rooms else None
         loadgen = LoadGen(
-            server.port, connections, scale, deflate=deflate, senders=senders,
-            connect_timeout=30 + connections / 200,
+            server.port, connections, scale, deflate=deflate,
+            senders=rooms if rooms else senders,
+            connect_timeout=30 + connections / 200, specs=specs,
         )
         try:
             sleep_until_ns(loadgen.connect_at_ns)
@@ -80,6 +87,20 @@ def session(
             )
         finally:
             loadgen.stop()
+
+
+def _room_specs(port: int, connections: int, rooms: int, scale: Scale) -> list[WorkerSpec]:
+    """Load generators whose clients fill ``rooms`` rooms, one sender per room."""
+    workers = max(scale.min_workers, math.ceil(connections / scale.per_worker))
+    counts = split(connections, workers)
+    senders = split(rooms, workers)
+    return [
+        WorkerSpec(port, counts[i], senders[i], [
+            "--rooms", str(rooms), "--room-offset", str(sum(counts[:i])),
+            "--sender-room-first", str(sum(senders[:i])),
+        ])
+        for i in range(workers)
+    ]
 
 
 # -- scenarios ---------------------------------------------------------------
@@ -200,3 +221,66 @@ def scenario_saturation(
             if not held:
                 break
     return rows
+
+
+def scenario_store(scale: Scale, log: Callable[[str], None]) -> list[Row]:
+    """The durable default against memory, the same load one after the other:
+    clients in rooms, each room's messages committed once per tick."""
+    rows = []
+    for store in ("memory", "sqlite"):
+        kind = wsnet_store(store)
+        for n, rates in scale.store:
+            with session(kind, n, scale, rooms=scale.store_rooms) as s:
+                before = commit_times(s.server.port)
+                for rate in rates:
+                    r = s.loadgen.run(s.server, rate, scale.duration, scale.drain)
+                    row = run_row("store", kind.name, s, r)
+                    row.values["rooms"] = scale.store_rooms
+                    after = commit_times(s.server.port)
+                    commits = _commit_stats(before, after)
+                    before = after
+                    row.values.update(commits)
+                    rows.append(row)
+                    timing = (f", commits {commits['commits']} (mean "
+                              f"{commits['commit_mean_ms']:.2f} ms, p99 <= "
+                              f"{commits['commit_p99_ms']:g} ms)" if commits else "")
+                    log(f"  store {kind.name} {n} in {scale.store_rooms} rooms x {rate:g}/s: "
+                        f"p50 {fmt_ms(r.p50_ms)}, p99 {fmt_ms(r.p99_ms)}, "
+                        f"delivered {r.ratio:.2%}, server CPU {r.server_cpu:.0f} %{timing}")
+    return rows
+
+
+def commit_times(port: int) -> dict[str, float]:
+    """The server's commit histogram from /metrics: bucket bound -> count, and
+    ``sum``/``count`` (empty with --store memory)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("wsnet_chat_store_commit_seconds"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        if "_bucket{" in name:
+            out[name.split('le="', 1)[1].rstrip('"}')] = float(value)
+        elif name.endswith("_sum"):
+            out["sum"] = float(value)
+        elif name.endswith("_count"):
+            out["count"] = float(value)
+    return out
+
+
+def _commit_stats(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Commits during one run: how many, their mean, and the bucket holding the 99th."""
+    count = after.get("count", 0.0) - before.get("count", 0.0)
+    if count <= 0:
+        return {}
+    buckets = sorted(
+        ((math.inf if k == "+Inf" else float(k)), v - before.get(k, 0.0))
+        for k, v in after.items() if k not in ("sum", "count")
+    )
+    p99 = next((bound for bound, seen in buckets if seen >= 0.99 * count), math.inf)
+    return {
+        "commits": int(count),
+        "commit_mean_ms": round(1000 * (after["sum"] - before.get("sum", 0.0)) / count, 3),
+        "commit_p99_ms": round(1000 * p99, 3),
+    }

@@ -6,6 +6,7 @@ starts, so that none outlives it.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -47,6 +48,29 @@ def wsnet_command(deflate: bool, flush_ms: float | None) -> list[str]:
     if flush_ms is not None:
         argv += ["--flush-interval-ms", f"{flush_ms:g}"]
     return argv
+
+
+#: Where the store scenario's SQLite files go (one per server start); removed
+#: when the benchmark exits.
+_STORE_DIR: tempfile.TemporaryDirectory[str] | None = None
+
+
+def wsnet_store(store: str) -> ServerKind:
+    """wsnet with ``--store memory`` or with SQLite (a fresh file each start)."""
+    starts = itertools.count(1)
+
+    def command(deflate: bool, flush_ms: float | None) -> list[str]:
+        global _STORE_DIR  # noqa: PLW0603 (one directory for the whole run)
+        argv = wsnet_command(deflate, flush_ms)
+        if store == "memory":
+            return argv
+        if _STORE_DIR is None:
+            _STORE_DIR = tempfile.TemporaryDirectory(prefix="wsnet-bench-store-")
+        path = f"{_STORE_DIR.name}/chat-{next(starts)}.sqlite3"
+        return [*argv[:argv.index("--store")], "--store", f"sqlite:{path}",
+                *argv[argv.index("--store") + 2:]]
+
+    return ServerKind(f"wsnet ({store})", command)
 
 
 def websockets_command(deflate: bool, flush_ms: float | None) -> list[str]:

@@ -61,6 +61,10 @@ class Scale:
     saturation_rates: tuple[float, ...]
     deflate: tuple[tuple[int, tuple[float, ...]], ...]
     flush: tuple[tuple[int, tuple[float, ...]], ...]
+    #: The store scenario: sessions as above, clients spread over ``store_rooms``
+    #: rooms (one sender each), run with ``--store memory`` and with SQLite.
+    store: tuple[tuple[int, tuple[float, ...]], ...]
+    store_rooms: int
     duration: float  # seconds of sending per broadcast run
     step_duration: float  # seconds of sending per saturation step
     drain: float  # longest wait for the last deliveries after sending stops
@@ -81,6 +85,8 @@ FULL = Scale(
     saturation_rates=(100, 200, 500, 1000, 2000, 3000, 5000, 7500, 10_000),
     deflate=((1000, (10, 100)), (10_000, (10,))),
     flush=((1000, (10, 100)),),
+    store=((1000, (100, 2000)),),
+    store_rooms=100,
     duration=10.0,
     step_duration=5.0,
     drain=5.0,
@@ -96,6 +102,8 @@ QUICK = Scale(
     saturation_rates=(200, 1000, 3000),
     deflate=((200, (10, 100)),),
     flush=((200, (100,)),),
+    store=((200, (100, 1000)),),
+    store_rooms=20,
     duration=1.5,
     step_duration=1.0,
     drain=2.0,
@@ -109,7 +117,7 @@ QUICK = Scale(
         broadcast_drain=10.0, sweep=(1, 2), sweep_connections=2000, sweep_window=2.0, drain=5.0,
     ),
 )
-SCENARIOS = ("idle", "broadcast", "saturation", "deflate", "flush", "scale")
+SCENARIOS = ("idle", "broadcast", "saturation", "deflate", "flush", "store", "scale")
 
 
 # -- the scale scenario (see wsbench/scale.py) ------------------------------------
@@ -125,3 +133,7 @@ SCALE_P99_TARGET_MS = 120.0
 #: says that the numbers may suffer from it.
 OTHER_BUSY = 25.0
 SCALE_RSS_TARGET_KB = 1_000_000_000 // 1024  # 1 GB (10^9 bytes) in KiB
+#: The store's targets against --store memory in the same run (issue: durable
+#: history): p99 at most this many ms more, server CPU at most this ratio.
+STORE_P99_EXTRA_MS = 5.0
+STORE_CPU_RATIO = 1.15

@@ -128,7 +128,8 @@ class ChatApp(Handler):
         return None
 
     def status(self) -> dict[str, object]:
-        return {"app": "chat", **self.chat.stats(), **self.backplane.status()}
+        return {"app": "chat", **self.chat.stats(), **self.backplane.status(),
+                **self.chat.store_status()}
 
     def metrics(self) -> list[Metric]:
         stats = self.chat.stats()
@@ -136,7 +137,7 @@ class ChatApp(Handler):
         rooms.set(stats["rooms"])
         history = Gauge("wsnet_chat_history_messages", "Messages held for replay here.")
         history.set(stats["history_messages"])
-        return [rooms, history, *self.backplane.metrics()]
+        return [rooms, history, *self.backplane.metrics(), *self.chat.store_metrics()]
 
 
 @cache

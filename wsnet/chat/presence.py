@@ -65,6 +65,24 @@ class Presence:
         else:
             self._batch.emit(room, encoded)
 
+    def remote(self, room: Room, event: dict[str, Any]) -> None:
+        """A join, leave or rename on another node, as the backplane tells it."""
+        kind, ident, name = event.get("type"), str(event.get("id")), event.get("name")
+        if room.loading or not isinstance(name, str):
+            return
+        if kind == "join":
+            if room.remote.get(ident) == name:
+                return  # known already (from a load, or announced again)
+            room.remote[ident] = name
+        elif kind == "leave":
+            if room.remote.pop(ident, None) is None:
+                return
+        elif kind == "nick" and ident in room.remote:
+            room.remote[ident] = name
+        else:
+            return
+        self.changed(room, encode_event({**event, "room": room.name}), kind != "nick")
+
     def emptied(self, room: Room) -> None:
         room.counting = False
         self._counts.discard(room)

@@ -270,3 +270,15 @@ def encode_event(event: Mapping[str, Any]) -> str:
 def frame(events: list[str]) -> str:
     """A server frame: the JSON array of already encoded events."""
     return "[" + ",".join(events) + "]"
+
+
+def message_parts(
+    room: str, sender: str, sender_id: str, text: str, *, ts_ms: int, cid: str | None,
+) -> tuple[str, str]:
+    """A ``message`` event as the text before and after its ``seq``: the
+    backplane numbers it, and the event is written around the number."""
+    head = {"type": "message", "room": room}
+    rest: dict[str, Any] = {"from": sender, "from_id": sender_id, "text": text, "ts": ts_ms}
+    if cid is not None:
+        rest["cid"] = cid
+    return encode_event(head)[:-1] + ',"seq":', "," + encode_event(rest)[1:]

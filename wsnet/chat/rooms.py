@@ -32,12 +32,14 @@ from wsnet.chat.protocol import (
     SendMessage,
     encode_event,
     frame,
+    message_parts,
     parse_command,
 )
 from wsnet.chat.settings import ChatSettings
 from wsnet.chat.state import Member, Room
 from wsnet.chat.store import Journal, Staged, Store
 from wsnet.chat.table import RoomTable
+from wsnet.metrics import Metric
 
 __all__ = ["Chat", "ChatSettings", "Member", "Room"]
 
@@ -84,6 +86,10 @@ class Chat(Generic[P]):
             self._table, self._batch, self.backplane,
             join=self._join, emptied=self._emptied, deliver=self.deliver, reply=self.reply,
         )
+        #: RoomSink: the backplane's state of a room, or its failure to load it
+        #: (``loading.Loading``: the joins waiting for it go ahead, or fail).
+        self.room_loaded = self._loading.loaded
+        self.room_failed = self._loading.failed
 
     # -- clients -------------------------------------------------------------
 
@@ -165,18 +171,8 @@ class Chat(Generic[P]):
                 if encoded not in room.pending:  # else it is in this tick's frame already
                     self.reply_encoded(member, encoded)
                 return
-        head = {"type": "message", "room": room.name}
-        rest: dict[str, Any] = {
-            "from": member.name,
-            "from_id": member.id,
-            "text": command.text,
-            "ts": int(self.clock() * 1000),
-        }
-        if command.cid is not None:
-            rest["cid"] = command.cid
-        # The backplane numbers the message: the event is written around its seq.
-        prefix = encode_event(head)[:-1] + ',"seq":'
-        suffix = "," + encode_event(rest)[1:]
+        prefix, suffix = message_parts(room.name, member.name, member.id, command.text,
+                                       ts_ms=int(self.clock() * 1000), cid=command.cid)
         cid = command.cid
 
         def failed() -> None:
@@ -211,10 +207,7 @@ class Chat(Generic[P]):
 
     def _join(self, member: Member[P], command: Join) -> None:
         name = command.room
-        if name in member.rooms:
-            self.reply(member, ChatError("already_joined", f"already in '{name}'", name).event())
-            return
-        if member.joining and name in member.joining:
+        if name in member.rooms or (member.joining and name in member.joining):
             self.reply(member, ChatError("already_joined", f"already in '{name}'", name).event())
             return
         limit = self.settings.max_rooms_per_client
@@ -242,13 +235,7 @@ class Chat(Generic[P]):
         room = self._table.open(name)
         if command.since is not None and existing is None:
             replay, _ = self._table.replay(room, command.since, command.epoch)
-        room.members[member] = member.peer
-        member.rooms[name] = room
-        if len(member.rooms) == 2:
-            for other in member.rooms.values():
-                other.multi += 1
-        elif len(member.rooms) > 2:
-            room.multi += 1
+        self._table.seat(member, room)
         joined = encode_event(person_event("join", room, member))
         self.backplane.presence(name, member.id, member.name, joined)
         self._presence.changed(room, joined)
@@ -289,14 +276,7 @@ class Chat(Generic[P]):
     # -- rooms ---------------------------------------------------------------
 
     def _remove(self, member: Member[P], room: Room) -> None:
-        del room.members[member]
-        del member.rooms[room.name]
-        if len(member.rooms) == 1:
-            room.multi -= 1
-            for other in member.rooms.values():
-                other.multi -= 1
-        elif len(member.rooms) > 1:
-            room.multi -= 1
+        self._table.unseat(member, room)
         if member.skip is not None:
             member.skip.pop(room, None)
         left = encode_event(person_event("leave", room, member))
@@ -316,35 +296,12 @@ class Chat(Generic[P]):
 
     # -- the backplane's side ----------------------------------------------------
 
-    def room_loaded(
-        self, name: str, epoch: str, seq: int, history: list[tuple[int, str]],
-        remote: dict[str, str],
-    ) -> None:
-        """The backplane's state of a room (see ``loading.Loading.loaded``)."""
-        self._loading.loaded(name, epoch, seq, history, remote)
-
-    def room_failed(self, name: str) -> None:
-        """The backplane could not load a room: the joins waiting for it fail."""
-        self._loading.failed(name)
 
     def remote_presence(self, name: str, event: dict[str, Any]) -> None:
         """A join, leave or rename on another node."""
         room = self.rooms.get(name)
-        kind, ident = event.get("type"), str(event.get("id"))
-        if room is None or room.loading or not isinstance(event.get("name"), str):
-            return
-        if kind == "join":
-            if room.remote.get(ident) == event["name"]:
-                return  # known already (from a load, or announced again)
-            room.remote[ident] = event["name"]
-        elif kind == "leave":
-            if room.remote.pop(ident, None) is None:
-                return
-        elif kind == "nick" and ident in room.remote:
-            room.remote[ident] = event["name"]
-        else:
-            return
-        self._presence.changed(room, encode_event({**event, "room": name}), kind != "nick")
+        if room is not None:
+            self._presence.remote(room, event)
 
     def local_members(self, name: str) -> list[tuple[str, str]]:
         room = self.rooms.get(name)
@@ -373,24 +330,16 @@ class Chat(Generic[P]):
         return self._batch.frames()
 
     def _commit(self) -> None:
-        """Commit what was accepted; if the store fails, take it all back: the
-        rooms' numbering, history and queued events, as if never sent, and
-        tell each sender (with its cid) to try again."""
+        """Commit what was accepted; if the store fails, it is all taken back
+        (as if never sent) and each sender is told to try again, with its cid."""
         assert self._journal is not None
-        failed = self._journal.commit()
-        if not failed:
-            return
-        for entry in reversed(failed):
-            room = entry.room
-            if room.history.last_seq == entry.seq:
-                room.history.pop_newest()
-            room.seq = min(room.seq, entry.seq - 1)
-        self._batch.withdraw({entry.encoded for entry in failed})
-        detail = "not sent: the chat's store cannot write; try again"
-        for entry in failed:
-            if entry.sender is not None:
-                error = ChatError("unavailable", detail, entry.room.name, entry.cid)
-                self.reply(entry.sender, error.event())
+        self._journal.commit_tick(self._batch.withdraw, self._refuse)
+
+    def _refuse(self, entry: Staged) -> None:
+        if entry.sender is not None:
+            detail = "not sent: the chat's store cannot write; try again"
+            self.reply(entry.sender, ChatError("unavailable", detail, entry.room.name,
+                                               entry.cid).event())
 
     def close(self) -> None:
         """Commit what is staged and close the store (the server is stopping)."""
@@ -402,4 +351,13 @@ class Chat(Generic[P]):
 
     def stats(self) -> dict[str, int]:
         return self._table.stats()
+
+    def store_status(self) -> dict[str, object]:
+        """For /healthz: whether a store keeps the rooms, and if it can write."""
+        if self._remote:
+            return {}  # the backplane reports itself
+        return {"store": "memory"} if self._journal is None else self._journal.status()
+
+    def store_metrics(self) -> list[Metric]:
+        return [] if self._journal is None else self._journal.metrics()
 

@@ -18,7 +18,7 @@ from typing import Any
 from wsnet.chat.history import Ledger
 from wsnet.chat.protocol import encode_event
 from wsnet.chat.settings import ChatSettings
-from wsnet.chat.state import Room
+from wsnet.chat.state import Member, Room
 from wsnet.chat.store import Journal, SavedRoom
 
 __all__ = ["RoomTable"]
@@ -66,6 +66,29 @@ class RoomTable:
         self._made += 1
         room = self.rooms[name] = Room(name, self._made, epoch, self.ledger)
         return room
+
+    @staticmethod
+    def seat(member: Member[Any], room: Room) -> None:
+        """The member is in the room now. ``multi`` counts the room's members
+        that are in other rooms too (their frames cannot be shared per room)."""
+        room.members[member] = member.peer
+        member.rooms[room.name] = room
+        if len(member.rooms) == 2:
+            for other in member.rooms.values():
+                other.multi += 1
+        elif len(member.rooms) > 2:
+            room.multi += 1
+
+    @staticmethod
+    def unseat(member: Member[Any], room: Room) -> None:
+        del room.members[member]
+        del member.rooms[room.name]
+        if len(member.rooms) == 1:
+            room.multi -= 1
+            for other in member.rooms.values():
+                other.multi -= 1
+        elif len(member.rooms) > 1:
+            room.multi -= 1
 
     def restore(self, saved: SavedRoom) -> None:
         """A room from a store, at start: idle (nobody is connected yet) from
