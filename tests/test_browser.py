@@ -6,7 +6,8 @@ Playwright, against the live chat server.
 - The web page the server serves at ``GET /`` (``wsnet/chat/static/index.html``):
   two people chat through it, it survives a server restart (reconnects by
   itself, delivers what was typed meanwhile, shows every message once and in
-  order), resumes with ``since`` after a dropped socket, and never turns chat
+  order), resumes with ``since`` after a dropped socket, keeps a message the
+  server refused as ``unavailable`` and sends it again, and never turns chat
   text into markup.
 
 ``make test`` installs Chromium and Playwright; when the browser is missing these
@@ -19,6 +20,7 @@ import json
 import re
 import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -438,3 +440,53 @@ def test_pages_on_two_workers_chat_through_redis(
     pages[0].expect_state("online", timeout=RECONNECT)
     exchange(pages[1], "bob", "still there?", log, *pages)
     assert pages[0].messages() == log
+
+
+def test_a_message_refused_as_unavailable_is_kept_and_sent_once_later(
+    server_factory: ServerFactory, chat_page: ChatPageFactory, redis_server: RedisServer,
+) -> None:
+    """With Redis gone the server answers ``unavailable`` with the message's
+    cid; the page keeps the message, says so, and sends it again until the
+    backplane is back, and every page then shows it once."""
+    server = server_factory("--redis", redis_server.url)
+    ann, bob = chat_page(server.port), chat_page(server.port)
+    ann.join("ann", "outage")
+    bob.join("bob", "outage")
+    log: list[tuple[str, str]] = []
+    exchange(ann, "ann", "before the outage", log, ann, bob)
+
+    redis_server.stop()
+    ann.say("during the outage")
+    pending = ann.page.locator("#outbox li .state")
+    expect(pending).to_have_text(["not stored yet, trying again…"], timeout=STEP)
+    # Refused again on the next attempt, and still kept (not dropped as "Not sent").
+    wait_for(lambda: refusals(ann) >= 2, RECONNECT, ann.page)
+    expect(pending).to_have_count(1)
+    expect(ann.page.locator("#log")).not_to_contain_text("Not sent")
+
+    redis_server.start()
+    log.append(("ann", "during the outage"))
+    for page in (ann, bob):
+        page.expect_messages(log, timeout=RECONNECT)
+    expect(ann.page.locator("#outbox li")).to_have_count(0)
+    exchange(bob, "bob", "welcome back", log, ann, bob)
+
+
+def refusals(page: ChatPage) -> int:
+    """How many ``unavailable`` errors (for a message: with a cid) the page got."""
+    return sum(
+        1
+        for socket in page.sockets
+        for index in range(len(socket.frames))
+        for event in socket.events(index)
+        if event.get("type") == "error" and event.get("error") == "unavailable"
+        and isinstance(event.get("cid"), str)
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout_ms: float, page: Page) -> None:
+    """Let the page run until ``condition`` holds; fail after ``timeout_ms``."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        page.wait_for_timeout(50)
