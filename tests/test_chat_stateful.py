@@ -96,6 +96,10 @@ class ChatMachine(RuleBasedStateMachine):
                     view.last = since
                 else:
                     view.last = event["seq"] if since is None else None
+                if event["epoch"] != view.epoch:
+                    # A room forgotten and made again (its TTL passed): a new
+                    # numbering, announced by the epoch, may start at 1 again.
+                    user.messages[room] = []
                 view.epoch = event["epoch"]
             elif kind == "gap":
                 assert view.joined

@@ -695,14 +695,14 @@ def test_token_tampering_is_detected() -> None:
         "",
         "ann",
         "YW5u.123",
-        "YW5u.123.sig.extra",
+        "YW5u.123.c.sig.extra",
         "..",
         "YW5u..sig",
         "YW5u.-5.sig",
         "YW5u.12x.sig",
         "YW5u. 12.sig",
-        "YW5u.1.2.sig",
-        "YW5u." + "9" * 600 + ".sig",
+        "YW5u.1.2.3.sig",
+        "YW5u." + "9" * 5000 + ".sig",
     ],
 )
 def test_token_malformed(token: str) -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from wsnet.chat import ChatApp, ChatSettings, valid_name
-from wsnet.chat.protocol import NAME_RULE
+from wsnet.chat.protocol import NAME_RULE, ROOM_RULE, valid_room
 from wsnet.chat.redis import RedisBackplane, redis_available
 from wsnet.chat.sqlite import SqliteStore, StoreOpenError
 from wsnet.config import Config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
-from wsnet.tokens import make_token
+from wsnet.tokens import Grant, make_token
 from wsnet.workers import NEEDS_REDIS, Supervisor, stop_with_parent
 
 __all__ = ["main", "build_parser"]
@@ -135,6 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--token-ttl", type=int, default=86400, help="lifetime of a minted token in seconds",
+    )
+    p.add_argument(
+        "--room", dest="grant_rooms", action="append", default=[], metavar="ROOM",
+        help="with --mint-token: the token may join ROOM (a name, or prefix*), repeatable",
+    )
+    p.add_argument(
+        "--read-only-room", dest="read_only_rooms", action="append", default=[],
+        metavar="ROOM", help="with --mint-token: the token may read ROOM but not write to it",
+    )
+    p.add_argument(
+        "--claim-ttl", type=int, metavar="SECONDS",
+        help="with --mint-token: the room grants end after SECONDS (default: with the token)",
+    )
+    p.add_argument(
+        "--rooms-require-claim", action="store_true",
+        help="every room needs a token's grant, not only private:... rooms",
     )
     p.add_argument("--no-deflate", action="store_true", help="do not negotiate permessage-deflate")
     p.add_argument(
@@ -266,12 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wsnet: cannot read the auth secret {path}: {reason}", file=sys.stderr)
         return 2
     if args.mint_token is not None:
-        if secret is None:
-            parser.error(f"--mint-token needs --auth-secret-file or {SECRET_ENV}")
-        if not valid_name(args.mint_token):
-            parser.error(f"--mint-token: {NAME_RULE}")
-        print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl))
-        return 0
+        return _mint(parser, args, secret)
+    if args.grant_rooms or args.read_only_rooms or args.claim_ttl is not None:
+        parser.error("--room, --read-only-room and --claim-ttl go with --mint-token")
     app_class = APPS[args.app]
     _check_chat_options(parser, args, app_class)
     if secret is not None and app_class is not ChatApp:
@@ -315,6 +328,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _mint(parser: argparse.ArgumentParser, args: argparse.Namespace, secret: bytes | None) -> int:
+    if secret is None:
+        parser.error(f"--mint-token needs --auth-secret-file or {SECRET_ENV}")
+    if not valid_name(args.mint_token):
+        parser.error(f"--mint-token: {NAME_RULE}")
+    print(make_token(secret, args.mint_token, int(time.time()) + args.token_ttl,
+                     _grants(parser, args)))
+    return 0
+
+
+def _grants(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Grant]:
+    """The rooms a minted token grants, each checked like a room name."""
+    until = None if args.claim_ttl is None else int(time.time()) + args.claim_ttl
+    grants = []
+    for room, read_only in [*((r, False) for r in args.grant_rooms),
+                            *((r, True) for r in args.read_only_rooms)]:
+        if not valid_room(room.removesuffix("*")):
+            parser.error(f"--room {room}: {ROOM_RULE}, or such a name followed by *")
+        grants.append(Grant(room, read_only, until))
+    return grants
+
+
 def _chat_app(
     parser: argparse.ArgumentParser, args: argparse.Namespace, secret: bytes | None,
 ) -> ChatApp:
@@ -326,6 +361,7 @@ def _chat_app(
             max_rooms_per_client=args.max_rooms_per_client,
             presence_limit=args.presence_limit,
             room_ttl=args.room_ttl,
+            rooms_require_claim=args.rooms_require_claim,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -147,6 +147,17 @@ class FakeBackplane:
 
         self.hub.queue.append(run)
 
+    def signal(self, room: str, encoded: str) -> None:
+        if self.detached:
+            return  # ephemeral: lost with the link
+
+        def run() -> None:
+            for node in list(self.hub.room(room).subscribers):
+                if node is not self:
+                    node.sink.remote_signal(room, encoded)
+
+        self.hub.queue.append(run)
+
     def detach(self) -> None:
         """Its links drop: deliveries to it are lost from now on."""
         self.hub.pump()

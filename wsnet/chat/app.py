@@ -18,7 +18,7 @@ from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, val
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 from wsnet.chat.store import Store
 from wsnet.metrics import Gauge, Metric
-from wsnet.tokens import TokenError, verify_token
+from wsnet.tokens import Token, TokenError, read_token
 
 __all__ = ["ChatApp"]
 
@@ -62,33 +62,34 @@ class ChatApp(Handler):
         self.backplane.stop()
         self.chat.close()
 
-    def on_upgrade(self, request: Request) -> Response | str | None:
+    def on_upgrade(self, request: Request) -> Response | Token | None:
         if self._secret is None:
             return None
         token = request.query.get("token")
         if token is None:
             return Response.text(403, "a token is required")
         try:
-            name = verify_token(self._secret, token, self._clock())
+            claims = read_token(self._secret, token, self._clock())
         except TokenError as exc:
             return Response.text(403, f"token refused: {exc}")
-        if not valid_name(name):
+        if not valid_name(claims.name):
             return Response.text(403, "token refused: malformed")
-        return name
+        return claims
 
     def on_open(self, conn: Connection) -> None:
         assert conn.request is not None
         hello = parse_hello(conn.request.query)
-        pinned = isinstance(conn.identity, str)
+        token = conn.identity if isinstance(conn.identity, Token) else None
         errors = hello.errors
-        if pinned and hello.name is not None and hello.name != conn.identity:
+        if token is not None and hello.name is not None and hello.name != token.name:
             errors += (ChatError("name_pinned", "your token fixes your name"),)
-        name = conn.identity if pinned else hello.name or f"guest-{conn.id}"
+        name = token.name if token is not None else hello.name or f"guest-{conn.id}"
         member, welcome = self.chat.connect(
             conn,
             f"{self._node}{conn.id}",
             name,
-            pinned=pinned,
+            pinned=token is not None,
+            grants=token.grants if token is not None else (),
             room=hello.room,
             since=hello.since,
             epoch=hello.epoch,

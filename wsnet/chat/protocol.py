@@ -22,6 +22,7 @@ __all__ = [
     "Leave",
     "Nick",
     "SendMessage",
+    "Typing",
     "encode_event",
     "frame",
     "parse_command",
@@ -37,6 +38,8 @@ MAX_CID_CHARS = 64
 #: Longest epoch a client may quote back (ours are 8 hex digits).
 MAX_EPOCH_CHARS = 32
 LOBBY = "lobby"
+#: Direct-message rooms: ``dm:<name>:<name>`` (``access.dm_room``).
+DM_PREFIX = "dm:"
 
 # Letters and digits of any script plus "_ . -"; names may hold single inner
 # spaces (people's names do), rooms may not (they travel in URLs).
@@ -49,17 +52,17 @@ _WORD_CATEGORIES = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "N
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 
-def _word_char(ch: str) -> bool:
-    if ch in "_.-":
+def _word_char(ch: str, extra: str) -> bool:
+    if ch in "_.-" or ch in extra:
         return True
     return unicodedata.category(ch) in _WORD_CATEGORIES and ch not in _BLANK_LETTERS
 
 
-def _words(text: str, limit: int, spaces: bool) -> bool:
+def _words(text: str, limit: int, spaces: bool, extra: str = "") -> bool:
     if not 0 < len(text) <= limit or unicodedata.category(text[0]).startswith("M"):
         return False  # a mark needs something to sit on
     parts = text.split(" ") if spaces else [text]
-    return all(part and all(_word_char(ch) for ch in part) for part in parts)
+    return all(part and all(_word_char(ch, extra) for ch in part) for part in parts)
 
 
 def valid_name(name: object) -> bool:
@@ -68,8 +71,22 @@ def valid_name(name: object) -> bool:
 
 
 def valid_room(room: object) -> bool:
-    """Like a name, without spaces (rooms travel in URLs), up to 64 characters."""
-    return isinstance(room, str) and _words(room, _ROOM_MAX, spaces=False)
+    """Like a name with ``:`` and without spaces (rooms travel in URLs), up to
+    64 characters; or a direct-message room, ``dm:<name>:<name>``."""
+    if not isinstance(room, str):
+        return False
+    return _words(room, _ROOM_MAX, spaces=False, extra=":") or split_dm(room) is not None
+
+
+def split_dm(room: str) -> tuple[str, str] | None:
+    """The two names of a ``dm:<name>:<name>`` room, in its order (names hold
+    no ``:``, so the split is unambiguous); None for any other room."""
+    if not room.startswith(DM_PREFIX):
+        return None
+    parts = room[len(DM_PREFIX):].split(":")
+    if len(parts) != 2 or not all(valid_name(p) for p in parts):
+        return None
+    return parts[0], parts[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +115,14 @@ class Nick:
     name: str
 
 
-Command = SendMessage | Join | Leave | Nick
+@dataclass(frozen=True, slots=True)
+class Typing:
+    """An ephemeral signal: never stored, replayed or numbered."""
+
+    room: str
+
+
+Command = SendMessage | Join | Leave | Nick | Typing
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +224,11 @@ def _parse_leave(command: Mapping[str, Any]) -> Command | ChatError:
     return room if isinstance(room, ChatError) else Leave(room)
 
 
+def _parse_typing(command: Mapping[str, Any]) -> Command | ChatError:
+    room = _room_of(command)
+    return room if isinstance(room, ChatError) else Typing(room)
+
+
 def _parse_nick(command: Mapping[str, Any]) -> Command | ChatError:
     name = command.get("name")
     if not isinstance(name, str):
@@ -219,10 +248,12 @@ _PARSERS = {
     "join": _parse_join,
     "leave": _parse_leave,
     "nick": _parse_nick,
+    "typing": _parse_typing,
 }
 
 NAME_RULE = "names are 1-32 letters, digits, '_', '.', '-' or single inner spaces"
-ROOM_RULE = "room names are 1-64 letters, digits, '_', '.' or '-'"
+ROOM_RULE = ("room names are 1-64 letters, digits, '_', '.', '-' or ':'"
+             " (or dm:<name>:<name>)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from wsnet.chat.access import Access, room_access
 from wsnet.chat.backplane import Backplane, LocalBackplane, new_epoch
 from wsnet.chat.batch import Batch, Frames
 from wsnet.chat.history import dedup_key
@@ -30,6 +31,7 @@ from wsnet.chat.protocol import (
     Leave,
     Nick,
     SendMessage,
+    Typing,
     encode_event,
     frame,
     message_parts,
@@ -40,10 +42,15 @@ from wsnet.chat.state import Member, Room
 from wsnet.chat.store import Journal, Staged, Store
 from wsnet.chat.table import RoomTable
 from wsnet.metrics import Metric
+from wsnet.tokens import Grant
 
 __all__ = ["Chat", "ChatSettings", "Member", "Room"]
 
 P = TypeVar("P")
+
+#: The one answer to a join that access refuses: it tells nothing of the room.
+FORBIDDEN = "you may not join this room"
+READ_ONLY = "you may read this room, not write to it"
 
 
 class Chat(Generic[P]):
@@ -100,6 +107,7 @@ class Chat(Generic[P]):
         name: str,
         *,
         pinned: bool = False,
+        grants: tuple[Grant, ...] = (),
         room: str | None = None,
         since: int | None = None,
         epoch: str | None = None,
@@ -107,7 +115,7 @@ class Chat(Generic[P]):
     ) -> tuple[Member[P], str]:
         """A client arrived: its member and its welcome frame (welcome, errors
         about its URL, then its default room's join reply)."""
-        member: Member[P] = Member(peer, ident, name, pinned)
+        member: Member[P] = Member(peer, ident, name, pinned, grants)
         member.personal = [encode_event({"type": "welcome", "id": ident, "name": name})]
         member.personal.extend(encode_event(e.event()) for e in errors)
         if room is not None:
@@ -134,6 +142,8 @@ class Chat(Generic[P]):
             self._join(member, command)
         elif isinstance(command, Leave):
             self._leave(member, command.room)
+        elif isinstance(command, Typing):
+            self._typing(member, command.room)
         else:
             self._nick(member, command)
 
@@ -162,6 +172,9 @@ class Chat(Generic[P]):
         if room is None:
             where = f"join '{name}' first" if name is not None else "join a room first"
             self.reply(member, ChatError("not_in_room", where, name, command.cid).event())
+            return
+        if self.access(member, room.name) is not Access.WRITE:
+            self.reply(member, ChatError("forbidden", READ_ONLY, room.name, command.cid).event())
             return
         key = dedup_key(command.cid, member.name)
         if key is not None and not self._remote:
@@ -207,6 +220,9 @@ class Chat(Generic[P]):
 
     def _join(self, member: Member[P], command: Join) -> None:
         name = command.room
+        if self.access(member, name) is Access.NONE:
+            self.reply(member, ChatError("forbidden", FORBIDDEN, name).event())
+            return
         if name in member.rooms or (member.joining and name in member.joining):
             self.reply(member, ChatError("already_joined", f"already in '{name}'", name).event())
             return
@@ -260,6 +276,32 @@ class Chat(Generic[P]):
         personal.append(encode_event(person_event("leave", room, member)))
         self._remove(member, room)
 
+    def _typing(self, member: Member[P], name: str) -> None:
+        """'Someone is typing' for the room, in this tick's batch; at most one
+        per member and room per ``typing_interval``, none where presence is a
+        count, and never stored or numbered. Extra ones drop silently."""
+        room = member.rooms.get(name)
+        if room is None:
+            self.reply(member, ChatError("not_in_room", f"join '{name}' first", name).event())
+            return
+        now = self.timer()
+        typed = member.typed if member.typed is not None else {}
+        last = typed.get(name)
+        if (room.counting or (last is not None and now - last < self.settings.typing_interval)
+                or self.access(member, name) is not Access.WRITE):
+            return
+        typed[name] = now
+        member.typed = typed
+        encoded = encode_event({"type": "typing", "room": name, "id": member.id,
+                                "name": member.name})
+        self._batch.emit(room, encoded)
+        self.backplane.signal(name, encoded)
+
+    def access(self, member: Member[Any], room: str) -> Access:
+        """What the member may do in the room (``access.room_access``), now."""
+        return room_access(room, member.name if member.pinned else None, member.grants,
+                           self.clock(), require_claim=self.settings.rooms_require_claim)
+
     def _nick(self, member: Member[P], command: Nick) -> None:
         if member.pinned:
             self.reply(member, ChatError("name_pinned", "your token fixes your name").event())
@@ -277,6 +319,8 @@ class Chat(Generic[P]):
 
     def _remove(self, member: Member[P], room: Room) -> None:
         self._table.unseat(member, room)
+        if member.typed is not None:
+            member.typed.pop(room.name, None)
         if member.skip is not None:
             member.skip.pop(room, None)
         left = encode_event(person_event("leave", room, member))
@@ -302,6 +346,12 @@ class Chat(Generic[P]):
         room = self.rooms.get(name)
         if room is not None:
             self._presence.remote(room, event)
+
+    def remote_signal(self, name: str, encoded: str) -> None:
+        """An ephemeral event (``typing``) from another node's member."""
+        room = self.rooms.get(name)
+        if room is not None and room.members and not room.counting:
+            self._batch.emit(room, encoded)
 
     def local_members(self, name: str) -> list[tuple[str, str]]:
         room = self.rooms.get(name)

@@ -30,6 +30,12 @@ class ChatSettings:
     #: All rooms' history together: past it, empty rooms are forgotten oldest
     #: first, then the room being written to keeps less.
     history_total_bytes: int = 256 << 20
+    #: Every room needs a token's grant, not only ``private:`` ones: for a
+    #: deployment whose login service decides all membership.
+    rooms_require_claim: bool = False
+    #: One member's ``typing`` signals in one room, at most one per this many
+    #: seconds: a keystroke each would be a flood with no news in it.
+    typing_interval: float = 2.0
 
     def __post_init__(self) -> None:
         if self.history < 0 or self.max_rooms_per_client < 1 or self.presence_limit < 0:

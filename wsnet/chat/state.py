@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 
 from wsnet.chat.history import History, Ledger
 from wsnet.chat.protocol import Join
+from wsnet.tokens import Grant
 
 __all__ = ["Member", "Room"]
 
@@ -19,15 +20,19 @@ P = TypeVar("P")
 class Member(Generic[P]):
     """One connected client as the chat sees it."""
 
-    __slots__ = ("peer", "id", "name", "pinned", "default_room", "rooms", "personal", "skip",
-                 "stamp", "replayed", "joining", "gone")
+    __slots__ = ("peer", "id", "name", "pinned", "grants", "default_room", "rooms", "personal",
+                 "skip", "stamp", "replayed", "joining", "typed", "gone")
 
-    def __init__(self, peer: P, ident: str, name: str, pinned: bool) -> None:
+    def __init__(
+        self, peer: P, ident: str, name: str, pinned: bool, grants: tuple[Grant, ...] = (),
+    ) -> None:
         self.peer = peer
         self.id = ident
         self.name = name
         #: The name came from an auth token and cannot change.
         self.pinned = pinned
+        #: The rooms its token grants (``access.room_access``).
+        self.grants = grants
         self.default_room: str | None = None
         self.rooms: dict[str, Room] = {}
         #: Replies waiting for this tick's frame (None: nothing).
@@ -38,6 +43,8 @@ class Member(Generic[P]):
         self.replayed = 0  # history bytes replayed to it this tick
         #: Joins waiting for a remote room to load (Redis backplane): name -> command.
         self.joining: dict[str, Join] | None = None
+        #: Room -> when its last ``typing`` went out (None: never), for the cap.
+        self.typed: dict[str, float] | None = None
         self.gone = False  # disconnected: late answers are dropped
 
     def __repr__(self) -> str:

@@ -272,6 +272,12 @@ class RedisBackplane:
             if node.decode() == self.node:
                 return
             apply = partial(self.sink.remote_presence, room, json.loads(event))
+        elif kind == b"s":
+            node, _, event = rest.partition(b" ")
+            if node.decode() == self.node:
+                return
+            self.sink.remote_signal(room, event.decode())  # ephemeral: no order to keep
+            return
         else:
             return
         pending = self._loading.get(room)
@@ -340,6 +346,9 @@ class RedisBackplane:
         keys = [self._members(room), self._channel(room), self._node_rooms()]
         self._run(_PRESENCE, keys, [f"{self.node}|{member_id}", name or "", event, self.node,
                                     room])
+
+    def signal(self, room: str, encoded: str) -> None:
+        self.commands.command("PUBLISH", self._channel(room), f"s {self.node} {encoded}")
 
     # -- links ---------------------------------------------------------------
 
