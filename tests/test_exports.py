@@ -20,6 +20,7 @@ DOCUMENTED = {
     "Config",
     "Connection",
     "Handler",
+    "Pending",
     "Request",
     "Response",
     "Server",

@@ -511,7 +511,7 @@ def test_healthz_reports_open_connections(chat_server: ServerProcess) -> None:
 
 def test_head_healthz_has_headers_but_no_body(chat_server: ServerProcess) -> None:
     with RawClient(chat_server.port) as client:
-        client.send(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        client.send(b"HEAD /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         data = client.read_until_eof()
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
@@ -535,7 +535,7 @@ def test_unknown_path_is_404(chat_server: ServerProcess, path: str) -> None:
 def test_plain_get_offering_h2c_upgrade_is_served_as_http1(chat_server: ServerProcess) -> None:
     with RawClient(chat_server.port) as client:
         client.send(
-            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
             b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
         )

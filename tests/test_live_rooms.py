@@ -400,7 +400,7 @@ def test_get_root_serves_the_page_with_a_policy_allowing_only_its_own_code(
 
 def test_head_root_has_the_headers_only_and_ws_path_stays_426(chat_server: ServerProcess) -> None:
     with RawClient(chat_server.port) as client:
-        client.send(b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        client.send(b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         data = client.read_until_eof(5)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and body == b""

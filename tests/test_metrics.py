@@ -328,7 +328,8 @@ def test_head_metrics_has_headers_and_no_body(chat_server: ServerProcess) -> Non
     port = chat_server.port
     full = http_get(port, "/metrics")
     with RawClient(port) as client:
-        client.send(f"HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        client.send(f"HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+                    .encode())
         data = client.read_until_eof()
     head, sep, body = data.partition(b"\r\n\r\n")
     assert sep

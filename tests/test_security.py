@@ -90,7 +90,10 @@ def attempt_upgrade(
 
 def plain_get(port: int, target: str) -> HttpResponse:
     with RawClient(port) as client:
-        client.send(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        client.send(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            .encode(),
+        )
         data = client.read_until_eof()
     head, sep, body = data.partition(b"\r\n\r\n")
     assert sep, data[:200]

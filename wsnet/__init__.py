@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from wsnet._clock import TimerHandle
-    from wsnet._http import Request, Response
+    from wsnet._http import Pending, Request, Response
     from wsnet._session import CloseCode
     from wsnet.config import Config
     from wsnet.connection import Connection
@@ -29,6 +29,7 @@ _HOMES = {
     "Config": "wsnet.config",
     "Connection": "wsnet.connection",
     "Handler": "wsnet.handler",
+    "Pending": "wsnet._http",
     "Request": "wsnet._http",
     "Response": "wsnet._http",
     "Server": "wsnet.server",
@@ -40,6 +41,7 @@ __all__ = [
     "Config",
     "Connection",
     "Handler",
+    "Pending",
     "Request",
     "Response",
     "Server",

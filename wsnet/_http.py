@@ -1,20 +1,23 @@
 """HTTP/1.1 values shared by the upgrade decision and the server: requests as the
-application sees them, and the responses we write.
+application sees them, the responses we write, and ``Pending``, a response an
+application gives later.
 
 Responses are rendered by hand rather than through h11 because we send them in
-states h11 refuses (after its parser has failed on a malformed request), always
-with ``Connection: close``: wsnet serves one plain request per connection.
+states h11 refuses (after its parser has failed on a malformed request). A plain
+request answered normally keeps its connection open for the next (HTTP/1.1
+keep-alive); errors, refused upgrades and HTTP/1.0 close it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Request", "Response", "check_header", "render_response"]
+__all__ = ["Pending", "Request", "Response", "check_header", "keep_alive", "render_response"]
 
 #: RFC 9110 §5.6.2: a header name is a token.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
@@ -55,6 +58,9 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     http_version: str = "1.1"
     peer: tuple[str, int] | None = None
+    #: The body of a plain request (at most ``Config.max_body_bytes``); upgrade
+    #: requests have none.
+    body: bytes = b""
 
     @property
     def path(self) -> str:
@@ -120,8 +126,48 @@ class Response:
         return cls(status, body, content_type="application/json")
 
 
-def render_response(response: Response, *, head_only: bool = False) -> bytes:
-    """The response's bytes, always closing the connection after it."""
+class Pending:
+    """A response the application gives later: ``on_http`` returns one at once
+    and calls ``answer`` when it knows the response (after a round trip to
+    Redis, or once the tick's commit has made a write durable). The connection
+    reads nothing more until then; past ``Config.handshake_timeout`` it gets a
+    503 instead."""
+
+    __slots__ = ("_deliver", "response")
+
+    def __init__(self) -> None:
+        self._deliver: Callable[[Response], None] | None = None
+        self.response: Response | None = None
+
+    def answer(self, response: Response) -> None:
+        if self.response is not None:
+            raise RuntimeError("this request was answered already")
+        self.response = response
+        deliver, self._deliver = self._deliver, None
+        if deliver is not None:
+            deliver(response)
+
+    def bind(self, deliver: Callable[[Response], None]) -> None:
+        """The server's side: where the response goes (now, if it is known)."""
+        if self.response is not None:
+            deliver(self.response)
+        else:
+            self._deliver = deliver
+
+    def cancel(self) -> None:
+        """The connection is gone, or waited too long: a late answer goes nowhere."""
+        self._deliver = None
+
+
+def keep_alive(request: Request) -> bool:
+    """May the connection carry another request after this one (RFC 9112 §9.3)?"""
+    return request.http_version == "1.1" and "close" not in request.header_tokens("connection")
+
+
+def render_response(
+    response: Response, *, head_only: bool = False, keep_alive: bool = False,
+) -> bytes:
+    """The response's bytes; unless ``keep_alive``, closing the connection after it."""
     try:
         reason = HTTPStatus(response.status).phrase
     except ValueError:
@@ -129,7 +175,8 @@ def render_response(response: Response, *, head_only: bool = False) -> bytes:
     lines = [f"HTTP/1.1 {response.status} {reason}"]
     lines.append(f"Content-Type: {response.content_type}")
     lines.append(f"Content-Length: {len(response.body)}")
-    lines.append("Connection: close")
+    if not keep_alive:
+        lines.append("Connection: close")
     lines.extend(f"{name}: {value}" for name, value in response.headers)
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + response.body

@@ -2,7 +2,9 @@
 
 A connection goes HTTP -> OPEN -> CLOSING -> DONE, and ``TRANSITIONS`` lists
 every move it may make (as h11 keeps its state machine in one table). HTTP reads
-one request with h11; a refused or plain request gets one response and the
+a request with h11; a plain request answered normally stays in HTTP for the next
+one (keep-alive; the application may answer later, with ``Pending``), while an
+error, a refused upgrade or a request asking to close gets its response and the
 socket is half-closed (DONE). An accepted upgrade switches to a wsproto session
 (OPEN). When the session stops being open, for whatever reason, the application
 hears ``on_close`` exactly once (CLOSING), and the socket closes once the close
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 from wsnet._channel import Channel
 from wsnet._clock import Timer
 from wsnet._fanout import Fanout
-from wsnet._http import Request, Response, render_response
+from wsnet._http import Pending, Request, Response, keep_alive, render_response
 from wsnet._limits import TokenBucket
 from wsnet._reactor import Reactor
 from wsnet._routes import Routes
@@ -78,7 +80,8 @@ class Link:
     timer. The application's ``Connection`` is a façade over it."""
 
     __slots__ = (
-        "lifecycle", "ch", "conn", "phase", "http", "session", "timer", "bucket", "over_limit",
+        "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "timer", "bucket",
+        "over_limit",
     )
 
     def __init__(
@@ -89,6 +92,8 @@ class Link:
         self.conn = Connection(self, ident, peer)
         self.phase = HTTP
         self.http: HttpReader | None = None
+        #: The application's answer still to come for the request read.
+        self.pending: Pending | None = None
         self.session: Session | None = None
         self.timer: Timer | None = None
         self.bucket: TokenBucket | None = None
@@ -159,7 +164,7 @@ class Lifecycle:
         self._sockets_per_ip[ip] = sockets + 1
         self._next_id += 1
         link = Link(self, sock, peer, self._next_id)
-        link.http = HttpReader(self.config.max_header_bytes)
+        link.http = self._reader()
         link.timer = self.reactor.call_later(
             self.config.handshake_timeout, partial(self.drop, link),
         )
@@ -174,20 +179,77 @@ class Lifecycle:
 
     # -- HTTP phase ----------------------------------------------------------
 
+    def _reader(self) -> HttpReader:
+        return HttpReader(self.config.max_header_bytes, self.config.max_body_bytes)
+
     def feed_http(self, link: Link, data: bytes) -> None:
-        reader = link.http
-        assert reader is not None
-        result = reader.feed(data, link.conn.peer)
-        if result is None:
-            if reader.closed:
-                self.drop(link)
-        elif isinstance(result, Response):
-            self._respond(link, result)
-        elif is_upgrade(result):
-            self._decide_upgrade(link, result)
-        else:
-            assert self.routes is not None
-            self._respond(link, self.routes.answer(result), result)
+        """Requests, one after another while they keep the connection alive (a
+        loop, not recursion: a client may pipeline hundreds)."""
+        while link.phase is HTTP:
+            reader = link.http
+            assert reader is not None
+            if link.pending is not None:  # the application is still answering
+                if not reader.hold(data):
+                    self.drop(link)
+                return
+            result = reader.feed(data, link.conn.peer)
+            if result is None:
+                if reader.closed:
+                    self.drop(link)
+                return
+            if isinstance(result, Response):
+                self._respond(link, result)
+            elif is_upgrade(result):
+                self._decide_upgrade(link, result)
+            else:
+                assert self.routes is not None
+                answer = self.routes.answer(result)
+                if isinstance(answer, Pending):
+                    self._wait(link, result, answer)
+                    return
+                if not self._answered(link, result, answer):
+                    return
+                data = reader.leftover()
+                if not data:
+                    return
+
+    def _wait(self, link: Link, request: Request, pending: Pending) -> None:
+        """The application answers later; until then the peer's bytes are held."""
+        link.pending = pending
+        self._arm(link, self.config.handshake_timeout, self._late)
+
+        def deliver(response: Response) -> None:
+            if link.pending is pending and link.phase is HTTP:
+                link.pending = None
+                assert link.http is not None
+                leftover = link.http.leftover()
+                if self._answered(link, request, response):
+                    self.reactor.write_now(link.ch)
+                    if leftover:
+                        self.feed_http(link, leftover)
+
+        pending.bind(deliver)
+
+    def _late(self, link: Link) -> None:
+        if link.pending is not None:
+            link.pending.cancel()
+            link.pending = None
+            self._respond(link, Response.text(503, "no answer in time", ("Retry-After", "1")))
+
+    def _answered(self, link: Link, request: Request, response: Response) -> bool:
+        """Write the response; True if the connection stays for another request
+        (keep-alive, the server not stopping, and not too much unread already)."""
+        keep = (keep_alive(request) and not self.stopping
+                and link.ch.outbox.nbytes < self.config.outbox_high_water)
+        if not keep:
+            self._respond(link, response, request)
+            return False
+        head_only = request.method == "HEAD"
+        link.ch.outbox.append(render_response(response, head_only=head_only, keep_alive=True))
+        link.http = self._reader()
+        self._arm(link, self.config.handshake_timeout, self.drop)
+        self.reactor.mark_dirty(link.ch)
+        return True
 
     def _decide_upgrade(self, link: Link, request: Request) -> None:
         """The protocol's checks first, then the application's say."""
@@ -384,6 +446,9 @@ class Lifecycle:
             link.timer = None
         link.enter(DONE)
         link.http = None
+        if link.pending is not None:
+            link.pending.cancel()
+            link.pending = None
         self.reactor.close(link.ch)
         if link in self.links:
             self.links.remove(link)

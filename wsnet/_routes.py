@@ -1,5 +1,6 @@
 """The built-in answers to plain HTTP requests: the application's ``on_http``
-first, then ``/healthz``, ``/metrics``, 426 on WebSocket paths, and 404.
+first (any method), then for GET and HEAD ``/healthz``, ``/metrics``, 426 on
+WebSocket paths, and 404; 405 for other methods.
 
 Pure: it sees a request and returns a response; the numbers it reports come
 from callables the server gives it.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from wsnet._http import Request, Response
+from wsnet._http import Pending, Request, Response
 from wsnet.handler import Handler
 from wsnet.metrics import CONTENT_TYPE, Metric, render
 
@@ -36,9 +37,7 @@ class Routes:
         self._statistics = statistics
         self._families = families
 
-    def answer(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return Response.text(405, "method not allowed", ("Allow", "GET, HEAD"))
+    def answer(self, request: Request) -> Response | Pending:
         handler = self._handler
         try:
             response = handler.on_http(request)
@@ -47,6 +46,8 @@ class Routes:
             return Response.text(500, _INTERNAL_ERROR)
         if response is not None:
             return response
+        if request.method not in ("GET", "HEAD"):
+            return Response.text(405, "method not allowed", ("Allow", "GET, HEAD"))
         if request.path == "/healthz":
             try:
                 extra = handler.status()

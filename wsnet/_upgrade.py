@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import h11
 
@@ -130,6 +130,7 @@ def decide_upgrade(
 
 
 _TOO_LARGE = Response.text(431, "request header fields too large")
+_TOO_BIG = Response.text(413, "request body too large")
 
 
 def _decode(value: bytes) -> str:
@@ -137,46 +138,90 @@ def _decode(value: bytes) -> str:
 
 
 class HttpReader:
-    """h11 for one request: bytes in, a ``Request`` (or an error response) out."""
+    """h11 for one request: bytes in, a ``Request`` (or an error response) out.
 
-    __slots__ = ("_h11", "_fed", "_max", "request")
+    An upgrade, or a request without a body, is returned as soon as its head is
+    complete; a plain request with a body once the body is in, refused with 413
+    when it declares or reaches more than ``max_body_bytes``.
+    """
 
-    def __init__(self, max_header_bytes: int) -> None:
+    __slots__ = ("_h11", "_fed", "_max", "_max_body", "_head", "_body", "_size", "request")
+
+    def __init__(self, max_header_bytes: int, max_body_bytes: int = 0) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
         self._fed = 0
         self._max = max_header_bytes
+        self._max_body = max_body_bytes
+        self._head: Request | None = None  # a plain request whose body is on its way
+        self._body: list[bytes] = []
+        self._size = 0
         self.request: Request | None = None
 
     def feed(
         self, data: bytes, peer: tuple[str, int] | None = None,
     ) -> Request | Response | None:
-        """Feed bytes (``b""`` at EOF). Returns the request as soon as its head is
-        complete, a 400/431 response for a broken one, or None while more bytes
-        are needed (or at EOF before a request: then ``closed`` is True).
+        """Feed bytes (``b""`` at EOF). Returns the request once it is complete
+        (see the class), a 400/413/431 response for a broken or oversized one,
+        or None while more bytes are needed (or at EOF: then ``closed`` is True).
         """
         conn = self._h11
         self._fed += len(data)
         try:
             conn.receive_data(data)
-            event = conn.next_event()
+            while True:
+                event = conn.next_event()
+                if isinstance(event, h11.Request):
+                    done = self._started(event, peer)
+                    if done is not None:
+                        return done
+                elif isinstance(event, h11.Data):
+                    self._size += len(event.data)
+                    if self._size > self._max_body:
+                        return _TOO_BIG
+                    self._body.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage) and self._head is not None:
+                    self.request = replace(self._head, body=b"".join(self._body))
+                    self._head, self._body = None, []
+                    return self.request
+                else:  # NEED_DATA, or the peer closed: nothing (more) yet
+                    return None
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 return _TOO_LARGE
             return Response.text(400, "malformed HTTP request")
-        if type(event) is h11.Request:
-            # h11 bounds only an incomplete head; one that arrived whole in a
-            # single read is measured here against the same limit.
-            if self._fed - len(conn.trailing_data[0]) > self._max:
-                return _TOO_LARGE
-            self.request = Request(
-                method=_decode(event.method),
-                target=_decode(event.target),
-                headers=tuple((_decode(k), _decode(v)) for k, v in event.headers),
-                http_version=_decode(event.http_version),
-                peer=peer,
-            )
-            return self.request
+
+    def _started(
+        self, event: h11.Request, peer: tuple[str, int] | None,
+    ) -> Request | Response | None:
+        # h11 bounds only an incomplete head; one that arrived whole in a
+        # single read is measured here against the same limit.
+        if self._fed - len(self._h11.trailing_data[0]) > self._max:
+            return _TOO_LARGE
+        request = Request(
+            method=_decode(event.method),
+            target=_decode(event.target),
+            headers=tuple((_decode(k), _decode(v)) for k, v in event.headers),
+            http_version=_decode(event.http_version),
+            peer=peer,
+        )
+        if is_upgrade(request) or not _declares_body(request):
+            self.request = request  # decide_upgrade refuses an upgrade's body
+            return request
+        length = request.header("content-length")
+        if length is not None and length.isdigit() and int(length) > self._max_body:
+            return _TOO_BIG  # refused before a byte of it is read
+        self._head = request
         return None
+
+    def leftover(self) -> bytes:
+        """What arrived after the request: the next one's start (keep-alive)."""
+        return self._h11.trailing_data[0]
+
+    def hold(self, data: bytes) -> bool:
+        """Keep bytes that arrive while the request waits for its answer; False
+        once they are more than a request may be (then drop the peer)."""
+        self._h11.receive_data(data)
+        return len(self._h11.trailing_data[0]) <= self._max + self._max_body
 
     @property
     def closed(self) -> bool:

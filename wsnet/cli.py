@@ -28,6 +28,7 @@ __all__ = ["main", "build_parser"]
 
 APPS: dict[str, type[Handler]] = {"chat": ChatApp, "echo": EchoApp}
 SECRET_ENV = "WSNET_AUTH_SECRET"
+API_KEY_ENV = "WSNET_API_KEY"
 #: The default store's file in --data-dir.
 DEFAULT_STORE_FILE = "chat.sqlite3"
 _T = TypeVar("_T")
@@ -54,9 +55,10 @@ class SafeFormatter(logging.Formatter):
         return first + "".join("\n  | " + line.translate(self._TABLE) for line in rest)
 
 
-def _read_secret(path: str | None) -> bytes | None:
-    """The chat token secret, or None when none is configured. An empty secret
-    file is an error (raised as ValueError), never a silent "no authentication"."""
+def _read_secret(path: str | None, env: str = SECRET_ENV) -> bytes | None:
+    """The chat token secret (or the API key), or None when none is configured.
+    An empty file is an error (raised as ValueError), never a silent "no
+    authentication"."""
     if path is not None:
         with open(path, "rb") as f:
             secret = f.read()
@@ -66,7 +68,17 @@ def _read_secret(path: str | None) -> bytes | None:
         if not secret:
             raise ValueError(f"{path} is empty")
         return secret
-    return os.environ.get(SECRET_ENV, "").encode() or None
+    return os.environ.get(env, "").encode() or None
+
+
+def _read_api_key(path: str | None) -> bytes | None:
+    """The HTTP API's key: it travels in a header, so printable ASCII only."""
+    key = _read_secret(path, API_KEY_ENV)
+    if key is not None and not (key.isascii() and all(33 <= b <= 126 for b in key)):
+        raise ValueError("the API key must be printable ASCII without spaces")
+    if key is not None and len(key) < 16:
+        raise ValueError("the API key must be at least 16 characters")
+    return key
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-secret-file",
         help=f"file holding the chat token secret (or set {SECRET_ENV}); clients then need "
         "?token=",
+    )
+    p.add_argument(
+        "--api-key-file",
+        help=f"file holding the HTTP API's key (or set {API_KEY_ENV}); the chat then "
+        "serves /api/ to callers with 'Authorization: Bearer <key>'",
     )
     p.add_argument(
         "--mint-token",
@@ -365,6 +382,11 @@ def _chat_app(
         )
     except ValueError as exc:
         parser.error(str(exc))
+    try:
+        api_key = _read_api_key(args.api_key_file)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        parser.error(f"cannot use the API key {args.api_key_file or API_KEY_ENV}: {reason}")
     backplane = None
     if args.redis:
         if not redis_available():
@@ -375,10 +397,10 @@ def _chat_app(
             )
         except ValueError as exc:
             parser.error(f"--redis: {exc}")
-        return ChatApp(secret=secret, settings=settings, backplane=backplane)
+        return ChatApp(secret=secret, settings=settings, backplane=backplane, api_key=api_key)
     store = _open_store(parser, args)
     try:
-        return ChatApp(secret=secret, settings=settings, store=store)
+        return ChatApp(secret=secret, settings=settings, store=store, api_key=api_key)
     except BaseException:
         if store is not None:
             store.close()

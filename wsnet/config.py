@@ -47,7 +47,11 @@ class Config:
     #: Request line plus headers. h11's own default, between nginx's 8 KiB and
     #: node's 80 KiB: browsers with many cookies fit, floods do not. Past it: 431.
     max_header_bytes: int = 16 * 1024
-    #: A peer that has not finished its HTTP request by then is dropped.
+    #: Largest body of a plain request (the chat's HTTP API takes JSON): past
+    #: it, 413 before the body is read, or as soon as a chunked one grows past.
+    max_body_bytes: int = 64 * 1024
+    #: A peer that has not finished its HTTP request (head and body) by then is
+    #: dropped; so is a kept-alive connection idle that long between requests.
     handshake_timeout: float = 10.0
     #: Paths that accept the WebSocket upgrade.
     ws_paths: tuple[str, ...] = ("/", "/ws")
@@ -130,6 +134,7 @@ class Config:
             problems.append("flush_interval must be >= 0")
         for name in (
             "max_header_bytes",
+            "max_body_bytes",
             "max_message_bytes",
             "outbox_limit",
             "outbox_high_water",

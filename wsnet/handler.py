@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from wsnet._http import Request, Response
+from wsnet._http import Pending, Request, Response
 from wsnet.metrics import Metric
 
 if TYPE_CHECKING:
@@ -65,9 +65,11 @@ class Handler:
         """A message from ``conn`` was dropped by the rate limit (called for the
         first refusal of a flood; the flood closes 1008 if it goes on)."""
 
-    def on_http(self, request: Request) -> Response | None:
-        """Answer a plain (non-upgrade) GET or HEAD; None falls through to the
-        built-in routes (``/healthz``, ``/metrics``, then 404)."""
+    def on_http(self, request: Request) -> Response | Pending | None:
+        """Answer a plain (non-upgrade) request of any method (``request.body``
+        holds its body); a ``Pending`` answers later. None falls through to the
+        built-in routes (``/healthz``, ``/metrics``, then 404; 405 for methods
+        other than GET and HEAD)."""
         return None
 
     def status(self) -> dict[str, object]:

@@ -87,6 +87,7 @@ class FakeBackplane:
     def publish(
         self, room: str, prefix: str, suffix: str, failed: Callable[[], None],
         *, key: str | None = None, duplicate: Callable[[str], None] | None = None,
+        accepted: Callable[[int, str], None] | None = None,
     ) -> None:
         if self.detached:
             failed()
@@ -99,6 +100,8 @@ class FakeBackplane:
             state.history = [*state.history, (state.seq, event)][-self.hub.history:]
             for node in list(state.subscribers):
                 node.sink.deliver(room, state.seq, event)
+            if accepted is not None:
+                accepted(state.seq, state.epoch)
 
         self.hub.queue.append(run)
 

@@ -171,10 +171,11 @@ class RawClient:
 def http_get(
     port: int, path: str, *, method: str = "GET", timeout: float = 5.0,
 ) -> HttpResponse:
-    """One plain HTTP request; reads until the server closes."""
+    """One plain HTTP request asking to close; reads until the server does."""
     with RawClient(port, timeout=timeout) as client:
         client.send(
-            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(),
+            f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            .encode(),
         )
         return read_response(client, timeout)
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
-from wsnet import Connection, Handler, Request, Response, Server
+from wsnet import Connection, Handler, Pending, Request, Response, Server
+from wsnet.chat.api import ChatApi
 from wsnet.chat.backplane import Backplane
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
@@ -43,6 +44,8 @@ class ChatApp(Handler):
         settings: ChatSettings | None = None,
         backplane: Backplane | None = None,
         store: Store | None = None,
+        *,
+        api_key: bytes | None = None,
     ) -> None:
         self.chat: Chat[Connection] = Chat(settings, clock, backplane=backplane, store=store)
         self.backplane = self.chat.backplane
@@ -50,6 +53,10 @@ class ChatApp(Handler):
         self.store = store
         self._clock = clock
         self._secret = secret
+        #: Open connections (for the API's disconnect).
+        self._connections: set[Connection] = set()
+        #: The backend's HTTP API under /api/, with a key only.
+        self.api = None if api_key is None else ChatApi(self.chat, api_key, self.disconnect)
         # Ids must be unique across the nodes a room spans.
         node = getattr(self.backplane, "node", None)
         self._node = f"{node}-" if self.backplane.remote and node else ""
@@ -96,6 +103,7 @@ class ChatApp(Handler):
             errors=errors,
         )
         conn.context = member
+        self._connections.add(conn)
         conn.send(welcome)
 
     def on_message(self, conn: Connection, data: str | bytes) -> None:
@@ -105,6 +113,7 @@ class ChatApp(Handler):
         self.chat.receive(conn.context, data)
 
     def on_close(self, conn: Connection, code: int, reason: str) -> None:
+        self._connections.discard(conn)
         member: Member[Connection] | None = conn.context
         if member is not None:
             self.chat.disconnect(member)
@@ -123,10 +132,20 @@ class ChatApp(Handler):
             except Exception:  # one bad frame must not cost the rest of the tick
                 log.exception("chat frame for %d clients not sent", len(peers))
 
-    def on_http(self, request: Request) -> Response | None:
-        if request.path in PAGE_PATHS:
+    def on_http(self, request: Request) -> Response | Pending | None:
+        if request.path in PAGE_PATHS and request.method in ("GET", "HEAD"):
             return web_page()
+        if self.api is not None:
+            return self.api.answer(request)
         return None
+
+    def disconnect(self, name: str) -> int:
+        """Close every connection of the user called ``name`` (4001, ``kicked``)."""
+        kicked = [c for c in self._connections
+                  if c.context is not None and c.context.name == name]
+        for conn in kicked:
+            conn.close(4001, "kicked")
+        return len(kicked)
 
     def status(self) -> dict[str, object]:
         return {"app": "chat", **self.chat.stats(), **self.backplane.status(),

@@ -17,11 +17,15 @@ from typing import Any, Protocol
 from wsnet.chat.loop import Loop
 from wsnet.metrics import Metric
 
-__all__ = ["Backplane", "Duplicate", "Failed", "LocalBackplane", "RoomSink", "new_epoch"]
+__all__ = ["Accepted", "Backplane", "Duplicate", "Failed", "LocalBackplane", "RoomSink",
+           "new_epoch"]
 
 log = logging.getLogger("wsnet")
 
 Failed = Callable[[], None]
+#: Called with ``(seq, epoch)`` once the backplane holds a message (or held it
+#: already, under the same dedup key): the backend's publish is answered so.
+Accepted = Callable[[int, str], None]
 #: Called with the first event of a message published again under the same
 #: dedup key (``history.dedup_key``): the answer for its sender alone.
 Duplicate = Callable[[str], None]
@@ -65,9 +69,11 @@ class Backplane(Protocol):
     def publish(
         self, room: str, prefix: str, suffix: str, failed: Failed,
         *, key: str | None = None, duplicate: Duplicate | None = None,
+        accepted: Accepted | None = None,
     ) -> None:
         """Number and deliver a message; a remote backplane also drops one whose
-        ``key`` it has seen (``Chat`` does that itself for a local one)."""
+        ``key`` it has seen (``Chat`` does that itself for a local one), and
+        tells ``accepted`` (a local one never needs to)."""
         ...
     def open_room(self, room: str) -> None: ...
     def close_room(self, room: str) -> None: ...
@@ -97,6 +103,7 @@ class LocalBackplane:
     def publish(
         self, room: str, prefix: str, suffix: str, failed: Failed,
         *, key: str | None = None, duplicate: Duplicate | None = None,
+        accepted: Accepted | None = None,
     ) -> None:
         seq = self.sink.last_seq(room) + 1
         self.sink.deliver(room, seq, f"{prefix}{seq}{suffix}")

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "MAX_TEXT_CHARS",
@@ -27,6 +27,8 @@ __all__ = [
     "frame",
     "parse_command",
     "parse_hello",
+    "checked_text",
+    "valid_cid",
     "valid_name",
     "valid_room",
 ]
@@ -65,12 +67,12 @@ def _words(text: str, limit: int, spaces: bool, extra: str = "") -> bool:
     return all(part and all(_word_char(ch, extra) for ch in part) for part in parts)
 
 
-def valid_name(name: object) -> bool:
+def valid_name(name: object) -> TypeGuard[str]:
     """1-32 letters, marks and digits of any script, ``_ . -``, single inner spaces."""
     return isinstance(name, str) and _words(name, _NAME_MAX, spaces=True)
 
 
-def valid_room(room: object) -> bool:
+def valid_room(room: object) -> TypeGuard[str]:
     """Like a name with ``:`` and without spaces (rooms travel in URLs), up to
     64 characters; or a direct-message room, ``dm:<name>:<name>``."""
     if not isinstance(room, str):
@@ -157,7 +159,7 @@ def parse_command(text: str) -> Command | ChatError:
         except (ValueError, RecursionError):  # deep nesting is not a command either
             command = None
     if not isinstance(command, dict):
-        return _checked_text(None, text, None)
+        return checked_text(None, text, None)
     kind = command.get("type")
     if not isinstance(kind, str):
         return ChatError("bad_command", "a command needs a string 'type'")
@@ -167,9 +169,15 @@ def parse_command(text: str) -> Command | ChatError:
     return parse(command)
 
 
+def valid_cid(cid: object) -> TypeGuard[str]:
+    """1-64 printable ASCII characters: a client's message id, or an API
+    idempotency key."""
+    return isinstance(cid, str) and _CID.fullmatch(cid) is not None
+
+
 def _parse_message(command: Mapping[str, Any]) -> Command | ChatError:
     cid = command.get("cid")
-    if cid is not None and not (isinstance(cid, str) and _CID.fullmatch(cid)):
+    if cid is not None and not valid_cid(cid):
         detail = f"'cid' must be 1-{MAX_CID_CHARS} printable ASCII characters"
         return ChatError("bad_command", detail)
     room = command.get("room")
@@ -181,10 +189,12 @@ def _parse_message(command: Mapping[str, Any]) -> Command | ChatError:
     body = command.get("text")
     if not isinstance(body, str):
         return ChatError("bad_command", "'message' needs a string 'text'", room, cid)
-    return _checked_text(room, body, cid)
+    return checked_text(room, body, cid)
 
 
-def _checked_text(room: str | None, text: str, cid: str | None) -> SendMessage | ChatError:
+def checked_text(room: str | None, text: str, cid: str | None) -> SendMessage | ChatError:
+    """Chat text as every path takes it (a frame, or the HTTP API): bounded,
+    valid Unicode, not blank."""
     if len(text) > MAX_TEXT_CHARS:
         detail = f"message text is over {MAX_TEXT_CHARS} characters"
         return ChatError("text_too_long", detail, room, cid)

@@ -14,6 +14,7 @@ built (``store.Journal``), and a failed commit takes them back. ARCHITECTURE.md,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -38,7 +39,7 @@ from wsnet.chat.protocol import (
     parse_command,
 )
 from wsnet.chat.settings import ChatSettings
-from wsnet.chat.state import Member, Room
+from wsnet.chat.state import Member, Publication, Room
 from wsnet.chat.store import Journal, Staged, Store
 from wsnet.chat.table import RoomTable
 from wsnet.metrics import Metric
@@ -48,6 +49,10 @@ __all__ = ["Chat", "ChatSettings", "Member", "Room"]
 
 P = TypeVar("P")
 
+#: The sender id of messages from the backend (the HTTP API), and its dedup
+#: namespace (no member's name can hold a NUL).
+API_ID = "api"
+_API_KEYS = "\x00api"
 #: The one answer to a join that access refuses: it tells nothing of the room.
 FORBIDDEN = "you may not join this room"
 READ_ONLY = "you may read this room, not write to it"
@@ -86,7 +91,9 @@ class Chat(Generic[P]):
                 self._table.restore(saved)
         #: The member whose message is being published (local numbering is
         #: synchronous), with its cid and dedup key, for ``deliver``.
-        self._sender: tuple[Member[Any], str | None, str | None] | None = None
+        self._sender: tuple[Any, str | None, str | None] | None = None
+        #: The backend's messages this tick, answered once committed.
+        self._published: list[Publication] = []
         self._batch: Batch[P] = Batch()
         self._presence = Presence(self.settings, self.timer, self._batch)
         self._loading: Loading[P] = Loading(
@@ -200,6 +207,36 @@ class Chat(Generic[P]):
             self.backplane.publish(room.name, prefix, suffix, failed, key=key, duplicate=duplicate)
         finally:
             self._sender = None
+
+    def publish(
+        self, name: str, sender: str, text: str, key: str | None,
+        *, done: Callable[[int, str], None], failed: Callable[[], None],
+    ) -> None:
+        """A message from the backend (the HTTP API) as ``sender``, checked by
+        the caller. ``done(seq, epoch)`` once it is durable and on its way (a
+        repeated ``key`` gets the first answer and is not sent again), else
+        ``failed()``. The room need not have members, here or anywhere."""
+        key = dedup_key(key, _API_KEYS)
+        prefix, suffix = message_parts(name, sender, API_ID, text,
+                                       ts_ms=int(self.clock() * 1000), cid=None)
+        if self._remote:
+            self.backplane.publish(name, prefix, suffix, failed, key=key, accepted=done)
+            return
+        room = self._table.open(name)
+        publication = Publication(room, 0, done, failed)
+        original = room.history.find(key) if key is not None else None
+        if original is not None:
+            publication.seq = json.loads(original)["seq"]
+        else:
+            self._sender = (publication, None, key)  # told if the commit fails
+            try:
+                self.backplane.publish(name, prefix, suffix, failed)
+            finally:
+                self._sender = None
+            publication.seq = room.seq
+        self._published.append(publication)
+        if not room.members:
+            self._table.park(room)
 
     def deliver(self, name: str, seq: int, encoded: str) -> None:
         """A numbered message of a room, from the backplane (or ourselves)."""
@@ -377,6 +414,13 @@ class Chat(Generic[P]):
         if self._journal is not None:
             self._commit()
             self._journal.maintain(now)
+        if self._published:
+            published, self._published = self._published, []
+            for p in published:
+                if p.refused:
+                    p.failed()
+                else:
+                    p.done(p.seq, p.room.epoch)
         return self._batch.frames()
 
     def _commit(self) -> None:
@@ -386,7 +430,9 @@ class Chat(Generic[P]):
         self._journal.commit_tick(self._batch.withdraw, self._refuse)
 
     def _refuse(self, entry: Staged) -> None:
-        if entry.sender is not None:
+        if isinstance(entry.sender, Publication):
+            entry.sender.refused = True
+        elif entry.sender is not None:
             detail = "not sent: the chat's store cannot write; try again"
             self.reply(entry.sender, ChatError("unavailable", detail, entry.room.name,
                                                entry.cid).event())

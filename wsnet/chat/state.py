@@ -6,13 +6,14 @@ both read and write; neither holds behaviour of its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from wsnet.chat.history import History, Ledger
 from wsnet.chat.protocol import Join
 from wsnet.tokens import Grant
 
-__all__ = ["Member", "Room"]
+__all__ = ["Member", "Publication", "Room"]
 
 P = TypeVar("P")
 
@@ -49,6 +50,22 @@ class Member(Generic[P]):
 
     def __repr__(self) -> str:
         return f"<Member {self.id} {self.name!r} in {len(self.rooms)} rooms>"
+
+
+class Publication:
+    """A message from the backend (the HTTP API) waiting for its answer: the
+    end of the tick, when it is committed (or taken back)."""
+
+    __slots__ = ("room", "seq", "done", "failed", "refused")
+
+    def __init__(
+        self, room: Room, seq: int, done: Callable[[int, str], None], failed: Callable[[], None],
+    ) -> None:
+        self.room = room
+        self.seq = seq
+        self.done = done
+        self.failed = failed
+        self.refused = False
 
 
 class Room:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from wsnet.chat.backplane import Duplicate, Failed, RoomSink, new_epoch
+from wsnet.chat.backplane import Accepted, Duplicate, Failed, RoomSink, new_epoch
 from wsnet.chat.loop import Cancellable, Loop
 from wsnet.chat.redis.link import RedisLink
 from wsnet.chat.redis.resp import RedisAddress, RedisError
@@ -40,15 +40,17 @@ log = logging.getLogger("wsnet")
 
 
 # KEYS: seq, log, channel, epoch[, dedup]. ARGV: prefix, suffix, history, new
-# epoch, ttl. With a dedup key seen before: {seq, first event or false}, nothing
-# published (the key lives as long as the history, so the event is usually there).
+# epoch, ttl. Returns {seq, epoch}; with a dedup key seen before {seq, epoch,
+# first event or false} and nothing published (the key lives as long as the
+# history, so the event is usually there).
 _PUBLISH = """
 if KEYS[5] then
   local old = redis.call('GET', KEYS[5])
   if old then
+    local epoch = redis.call('GET', KEYS[4]) or ''
     local entry = redis.call('XRANGE', KEYS[2], old .. '-1', old .. '-1')
-    if entry[1] then return {tonumber(old), entry[1][2][2]} end
-    return {tonumber(old), false}
+    if entry[1] then return {tonumber(old), epoch, entry[1][2][2]} end
+    return {tonumber(old), epoch, false}
   end
 end
 redis.call('SET', KEYS[4], ARGV[4], 'NX')
@@ -60,7 +62,7 @@ if KEYS[5] then redis.call('SET', KEYS[5], seq, 'EX', ARGV[5]) end
 for i = 1, 4 do
   if i ~= 3 then redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 end
-return seq
+return {seq, redis.call('GET', KEYS[4])}
 """
 
 # KEYS: seq, log, epoch, members. ARGV: new epoch, history.
@@ -225,20 +227,23 @@ class RedisBackplane:
     def publish(
         self, room: str, prefix: str, suffix: str, failed: Failed,
         *, key: str | None = None, duplicate: Duplicate | None = None,
+        accepted: Accepted | None = None,
     ) -> None:
         started = time.monotonic()
 
         def done(reply: Any) -> None:
-            if isinstance(reply, RedisError):
+            if isinstance(reply, RedisError) or not isinstance(reply, list) or len(reply) < 2:
                 self.publish_errors.inc()
                 log.debug("publish to %s failed: %s", room, reply)
                 failed()
                 return
             self.publish_latency.observe(time.monotonic() - started)
-            if isinstance(reply, list):  # seen before: the first event, if still held
-                first = reply[1] if len(reply) > 1 else None
+            if len(reply) > 2:  # seen before: the first event, if still held
+                first = reply[2]
                 if duplicate is not None and isinstance(first, bytes):
                     duplicate(first.decode())
+            if accepted is not None:
+                accepted(int(reply[0]), reply[1].decode() if reply[1] else "")
 
         keys = [self._key(room, "seq"), self._key(room, "log"), self._channel(room),
                 self._key(room, "epoch")]
