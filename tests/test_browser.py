@@ -7,8 +7,9 @@ Playwright, against the live chat server.
   two people chat through it, it survives a server restart (reconnects by
   itself, delivers what was typed meanwhile, shows every message once and in
   order), resumes with ``since`` after a dropped socket, keeps a message the
-  server refused as ``unavailable`` and sends it again, and never turns chat
-  text into markup.
+  server refused as ``unavailable`` and sends it again, opens a direct-message
+  room from the member list, shows who is typing, and never turns chat text
+  into markup.
 
 ``make test`` installs Chromium and Playwright; when the browser is missing these
 tests fail loudly rather than skipping, so CI cannot pass without it.
@@ -23,6 +24,8 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -38,6 +41,8 @@ from playwright.sync_api import (
 )
 from support.procs import RedisServer
 from support.servers import ServerFactory
+
+from wsnet.tokens import make_token
 
 pytestmark = pytest.mark.live
 
@@ -167,15 +172,17 @@ class ChatPage:
             self.problems.append(message.text)
 
 
-ChatPageFactory = Callable[[int], ChatPage]
+class ChatPageFactory(Protocol):
+    def __call__(self, port: int, fragment: str = "") -> ChatPage: ...
 
 
 @pytest.fixture
 def chat_page(browser: Browser) -> Iterator[ChatPageFactory]:
-    """``chat_page(port)`` opens the server's page in a fresh browser context."""
+    """``chat_page(port, fragment)`` opens the server's page (``/#fragment``) in
+    a fresh browser context."""
     opened: list[ChatPage] = []
 
-    def factory(port: int) -> ChatPage:
+    def factory(port: int, fragment: str = "") -> ChatPage:
         context = browser.new_context()
         page = context.new_page()
         chat = ChatPage(context, page)
@@ -183,7 +190,7 @@ def chat_page(browser: Browser) -> Iterator[ChatPageFactory]:
         page.on("console", chat.on_console)
         page.on("pageerror", lambda error: chat.problems.append(f"page error: {error}"))
         opened.append(chat)
-        response = page.goto(f"http://127.0.0.1:{port}/")
+        response = page.goto(f"http://127.0.0.1:{port}/" + (f"#{fragment}" if fragment else ""))
         assert response is not None and response.status == 200
         assert "script-src 'sha256-" in response.headers["content-security-policy"]
         expect(page.locator("#status")).to_have_attribute("data-state", "offline")
@@ -490,3 +497,44 @@ def wait_for(condition: Callable[[], bool], timeout_ms: float, page: Page) -> No
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         page.wait_for_timeout(50)
+
+
+def test_a_direct_message_from_the_member_list_and_the_typing_indicator(
+    server_factory: ServerFactory, chat_page: ChatPageFactory, tmp_path: Path,
+) -> None:
+    """With tokens, a member's "Message" button opens the DM room of the two;
+    nobody else gets in. Typing shows as "ann is typing…" on the other page and
+    clears when her message arrives."""
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    server = server_factory("--auth-secret-file", str(secret))
+    until = int(time.time()) + 600
+
+    def page_of(name: str) -> ChatPage:
+        token = make_token(b"s" * 32, name, until)
+        return chat_page(server.port, f"token={token}")
+
+    ann, bob, cy = page_of("ann"), page_of("bob"), page_of("cy")
+    ann.join("ann", "team")
+    bob.join("bob", "team")
+    ann.expect_members(["ann", "bobMessage"])
+    bob.page.fill("#text", "typing away")  # typed, not sent
+    expect(ann.page.locator("#typing")).to_have_text("bob is typing…", timeout=STEP)
+    bob.page.press("#text", "Enter")
+    log = [("bob", "typing away")]
+    ann.expect_messages(log)
+    expect(ann.page.locator("#typing")).to_have_text("")  # cleared by the message
+
+    ann.page.get_by_role("button", name="Message bob directly").click()
+    ann.expect_state("online")
+    expect(ann.page.locator("#room-title")).to_have_text("Room dm:ann:bob")
+    bob.join("bob", "dm:ann:bob")
+    dm: list[tuple[str, str]] = []
+    exchange(ann, "ann", "just between us", dm, ann, bob)
+    exchange(bob, "bob", "agreed", dm, ann, bob)
+    cy.page.fill("#name", "cy")
+    cy.page.fill("#room", "dm:ann:bob")
+    cy.page.press("#room", "Enter")
+    expect(cy.page.locator("#messages .system.error")).to_contain_text(
+        "you may not join this room", timeout=STEP)
+    assert cy.messages() == []
