@@ -341,10 +341,34 @@ def test_an_api_publish_reaches_clients_on_two_nodes_over_redis(
         await on_a.send({"type": "message", "room": "ops", "text": "after"})
         await on_b.message("after")
         assert [e["text"] for e in on_b.messages("ops")] == ["from the backend", "after"]
+
+        # Reads span the nodes: what Redis holds, not what this node holds.
+        status, history, _ = api.call("GET", "/api/rooms/ops/history?since=0")
+        assert status == 200 and history["seq"] == 2 and history["first"] == 1
+        assert [m["text"] for m in history["messages"]] == ["from the backend", "after"]
+        status, presence, _ = api.call("GET", "/api/rooms/ops/presence")
+        assert status == 200 and presence["count"] == 2
+        assert sorted(m["name"] for m in presence["members"]) == ["ann", "bob"]
+        status, rooms, _ = api.call("GET", "/api/rooms")
+        assert rooms == {"rooms": [{"room": "ops", "members": 2}]}
+        status, quiet, _ = api.call("POST", "/api/publish", {"room": "quiet", "text": "noted"})
+        assert status == 200 and quiet["seq"] == 1  # a room nobody is in, on any node
+        status, history, _ = other.call("GET", "/api/rooms/quiet/history")
+        assert [m["text"] for m in history["messages"]] == ["noted"]
+        status, _, _ = other.call("GET", "/api/rooms/nowhere/history")
+        assert status == 404
+        # A disconnect through A closes bob's connection on B.
+        status, kicked, _ = api.call("POST", "/api/disconnect", {"name": "bob"})
+        assert (status, kicked) == (200, {"name": "bob", "disconnected": 0})  # none on A
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await on_b.ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+        await on_a.send({"type": "message", "room": "ops", "text": "still here"})
+        await on_a.message("still here")
         api.close()
         other.close()
-        for client in (on_a, on_b):
-            await client.close()
+        await on_a.close()
 
     run(scenario())
 

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from wsnet import Pending, Request, Response
+from wsnet.chat.backplane import Directory, RoomPeek
 from wsnet.chat.presence import snapshot_event
 from wsnet.chat.protocol import ChatError, checked_text, valid_cid, valid_name, valid_room
 from wsnet.chat.rooms import Chat
@@ -56,6 +57,10 @@ class ChatApi:
         if not key:
             raise ValueError("the API key must not be empty")
         self._chat = chat
+        #: With a remote backplane, reads and disconnects span every node.
+        backplane = chat.backplane
+        self._directory = backplane if backplane.remote and isinstance(backplane, Directory) \
+            else None
         self._expected = b"Bearer " + key
         self._disconnect = disconnect
         self._routes: dict[str, tuple[tuple[str, ...], Route]] = {
@@ -124,23 +129,42 @@ class ChatApi:
         name = body.get("name")
         if not valid_name(name):
             return error(400, "bad_name", "'name' must be a user's name")
-        return ok({"name": name, "disconnected": self._disconnect(name)})
+        closed = self._disconnect(name)
+        if self._directory is not None:
+            self._directory.kick(name)  # and every other node closes its own
+        return ok({"name": name, "disconnected": closed})
 
     # -- reads ----------------------------------------------------------------
 
-    def _rooms(self, request: Request, _: str | None) -> Response:
+    def _rooms(self, request: Request, _: str | None) -> Response | Pending:
+        """Rooms with members (on any node), and how many."""
+        if self._directory is not None:
+            pending = Pending()
+
+            def listed(sizes: list[tuple[str, int]] | Exception) -> None:
+                pending.answer(_unavailable() if isinstance(sizes, Exception) else
+                               ok({"rooms": [{"room": r, "members": n} for r, n in sizes]}))
+
+            self._directory.room_sizes(listed)
+            return pending
         rooms = [{"room": r.name, "members": r.size}
-                 for r in sorted(self._chat.rooms.values(), key=lambda r: r.order)]
+                 for r in sorted(self._chat.rooms.values(), key=lambda r: r.name) if r.size]
         return ok({"rooms": rooms})
 
-    def _history(self, request: Request, name: str | None) -> Response:
+    def _history(self, request: Request, name: str | None) -> Response | Pending:
         query = request.query
         since = _integer(query.get("since", "0"), 0, None)
         limit = _integer(query.get("limit", str(DEFAULT_LIMIT)), 1, MAX_LIMIT)
         if since is None or limit is None:
             return error(400, "bad_command",
                          f"'since' is an integer >= 0, 'limit' one of 1-{MAX_LIMIT}")
-        room = self._chat.rooms.get(name or "")
+        assert name is not None
+        if self._directory is not None:
+            pending = Pending()
+            self._directory.peek(name, since, limit,
+                                 lambda peek: pending.answer(_history_answer(name, peek)))
+            return pending
+        room = self._chat.rooms.get(name)
         if room is None:
             return error(404, "not_found", "no such room")
         events: list[str] = []
@@ -148,18 +172,49 @@ class ChatApi:
             if len(events) == limit:
                 break
             events.append(data.decode())
-        head = json.dumps({"room": room.name, "epoch": room.epoch, "seq": room.seq,
-                           "first": room.first_seq}, ensure_ascii=False, separators=(",", ":"))
-        body = head[:-1] + ',"messages":[' + ",".join(events) + "]}"
-        return Response(200, body.encode(), "application/json")
+        return _history_answer(name, RoomPeek(room.epoch, room.seq, room.first_seq, events, []))
 
-    def _presence(self, request: Request, name: str | None) -> Response:
-        room = self._chat.rooms.get(name or "")
+    def _presence(self, request: Request, name: str | None) -> Response | Pending:
+        assert name is not None
+        limit = self._chat.settings.presence_limit
+        if self._directory is not None:
+            pending = Pending()
+
+            def peeked(peek: RoomPeek | Exception | None) -> None:
+                if peek is None or isinstance(peek, Exception):
+                    pending.answer(_history_answer(name, peek))  # 404 or 503
+                    return
+                answer: dict[str, Any] = {"room": name, "count": len(peek.members)}
+                if len(peek.members) <= limit:
+                    answer["members"] = [{"id": i, "name": n} for i, n in peek.members]
+                pending.answer(ok(answer))
+
+            self._directory.peek(name, 0, 1, peeked)
+            return pending
+        room = self._chat.rooms.get(name)
         if room is None:
             return error(404, "not_found", "no such room")
         snapshot = snapshot_event(room, numbering=False)
         del snapshot["type"]
         return ok(snapshot)
+
+
+def _unavailable() -> Response:
+    return error(503, "unavailable", "the chat backplane did not answer; try again",
+                 ("Retry-After", "1"))
+
+
+def _history_answer(name: str, peek: RoomPeek | Exception | None) -> Response:
+    """``{"room", "epoch", "seq", "first", "messages": [...]}``: the stored
+    events are copied in as they are, not decoded and encoded again."""
+    if peek is None:
+        return error(404, "not_found", "no such room")
+    if isinstance(peek, Exception):
+        return _unavailable()
+    head = json.dumps({"room": name, "epoch": peek.epoch, "seq": peek.seq, "first": peek.first},
+                      ensure_ascii=False, separators=(",", ":"))
+    body = head[:-1] + ',"messages":[' + ",".join(peek.events) + "]}"
+    return Response(200, body.encode(), "application/json")
 
 
 def _route(rest: str) -> tuple[str, str | None] | None:

@@ -14,7 +14,7 @@ from importlib import resources
 
 from wsnet import Connection, Handler, Pending, Request, Response, Server
 from wsnet.chat.api import ChatApi
-from wsnet.chat.backplane import Backplane
+from wsnet.chat.backplane import Backplane, Directory
 from wsnet.chat.protocol import ChatError, encode_event, frame, parse_hello, valid_name
 from wsnet.chat.rooms import Chat, ChatSettings, Member
 from wsnet.chat.store import Store
@@ -57,6 +57,8 @@ class ChatApp(Handler):
         self._connections: set[Connection] = set()
         #: The backend's HTTP API under /api/, with a key only.
         self.api = None if api_key is None else ChatApi(self.chat, api_key, self.disconnect)
+        if isinstance(self.backplane, Directory):  # a disconnect from any node
+            self.backplane.kicked = self.disconnect
         # Ids must be unique across the nodes a room spans.
         node = getattr(self.backplane, "node", None)
         self._node = f"{node}-" if self.backplane.remote and node else ""

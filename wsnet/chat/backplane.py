@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from wsnet.chat.loop import Loop
 from wsnet.metrics import Metric
 
-__all__ = ["Accepted", "Backplane", "Duplicate", "Failed", "LocalBackplane", "RoomSink",
-           "new_epoch"]
+__all__ = ["Accepted", "Backplane", "Directory", "Duplicate", "Failed", "LocalBackplane",
+           "RoomPeek", "RoomSink", "new_epoch"]
 
 log = logging.getLogger("wsnet")
 
@@ -84,6 +85,33 @@ class Backplane(Protocol):
         ...
     def status(self) -> dict[str, object]: ...
     def metrics(self) -> list[Metric]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPeek:
+    """A room as every node sees it, read without joining it."""
+
+    epoch: str
+    seq: int
+    first: int  # the oldest seq history holds (seq + 1 if none)
+    events: list[str]  # encoded messages after the asked ``since``, oldest first
+    members: list[tuple[str, str]]  # (id, name) on every node
+
+
+@runtime_checkable
+class Directory(Protocol):
+    """What a remote backplane can say about rooms this node holds no part of
+    (the HTTP API's reads), and how a disconnect reaches every node. Answers
+    come later, by callback: None for no such room, an exception if the
+    backplane could not answer."""
+
+    #: Called with a name whose connections a disconnect (from any node) closes.
+    kicked: Callable[[str], object] | None
+
+    def peek(self, room: str, since: int, limit: int,
+             answer: Callable[[RoomPeek | Exception | None], None]) -> None: ...
+    def room_sizes(self, answer: Callable[[list[tuple[str, int]] | Exception], None]) -> None: ...
+    def kick(self, name: str) -> None: ...
 
 
 class LocalBackplane:

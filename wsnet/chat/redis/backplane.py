@@ -28,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from wsnet.chat.backplane import Accepted, Duplicate, Failed, RoomSink, new_epoch
+from wsnet.chat.backplane import Accepted, Duplicate, Failed, RoomPeek, RoomSink, new_epoch
 from wsnet.chat.loop import Cancellable, Loop
 from wsnet.chat.redis.link import RedisLink
 from wsnet.chat.redis.resp import RedisAddress, RedisError
@@ -114,6 +114,35 @@ return #dead
 """
 
 
+# KEYS: epoch, seq, log, members. ARGV: since, limit. Nothing is written.
+_PEEK = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then return false end
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+local entries = redis.call('XRANGE', KEYS[3], '(' .. ARGV[1] .. '-1', '+', 'COUNT', ARGV[2])
+return {epoch, seq, oldest, entries, redis.call('HGETALL', KEYS[4])}
+"""
+
+# ARGV: the members hashes' pattern, most rooms to list. -> {key, size, ...}
+_SIZES = """
+local out, cursor = {}, '0'
+repeat
+  local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do
+    out[#out + 1] = key
+    out[#out + 1] = redis.call('HLEN', key)
+    if #out >= 2 * tonumber(ARGV[2]) then return out end
+  end
+until cursor == '0'
+return out
+"""
+
+#: Rooms ``room_sizes`` lists at most (an admin's overview, not an export).
+MAX_LISTED = 10_000
+
+
 class RedisBackplane:
     """Rooms spanning every node on one Redis (see the module docstring)."""
 
@@ -149,6 +178,8 @@ class RedisBackplane:
         self._loading: dict[str, list[Callable[[], None]]] = {}
         self._first_load: set[str] = set()  # loading for the first time: Chat waits
         self._heartbeat: Cancellable | None = None
+        #: Where a disconnect published by any node is carried out here.
+        self.kicked: Callable[[str], object] | None = None
         self._stopped = False
         self._announced = False  # "up" was logged and "down" not yet
         self._fresh = False
@@ -261,12 +292,16 @@ class RedisBackplane:
         kind = reply[0]
         if kind == b"message":
             self._message(reply[1].decode(), reply[2])
-        elif kind == b"subscribe":
+        elif kind == b"subscribe" and reply[1].decode().startswith(self.prefix + "r:"):
             room = reply[1].decode()[len(self.prefix) + 2:]
             if room in self._open:
                 self._load(room)
 
     def _message(self, channel: str, payload: bytes) -> None:
+        if channel == self._kick_channel():
+            if self.kicked is not None:
+                self.kicked(payload.decode())
+            return
         room = channel[len(self.prefix) + 2:]
         kind, _, rest = payload.partition(b" ")
         if kind == b"m":
@@ -355,6 +390,49 @@ class RedisBackplane:
     def signal(self, room: str, encoded: str) -> None:
         self.commands.command("PUBLISH", self._channel(room), f"s {self.node} {encoded}")
 
+    # -- the HTTP API's reads (Directory) --------------------------------------
+
+    def peek(self, room: str, since: int, limit: int,
+             answer: Callable[[RoomPeek | Exception | None], None]) -> None:
+        def done(reply: Any) -> None:
+            if isinstance(reply, RedisError):
+                answer(reply)
+            elif reply is None:
+                answer(None)
+            else:
+                epoch, seq, oldest, entries, members = reply
+                first = _stream_seq(oldest[0][0]) if oldest else seq + 1
+                events = [e[1][1].decode() for e in entries]
+                pairs = zip(members[::2], members[1::2], strict=True)
+                listed = [(f.decode().partition("|")[2], n.decode()) for f, n in pairs]
+                answer(RoomPeek(epoch.decode(), int(seq), first, events, listed))
+
+        keys = [self._key(room, "epoch"), self._key(room, "seq"), self._key(room, "log"),
+                self._members(room)]
+        if not self._run(_PEEK, keys, [since, limit], done):
+            answer(RedisError("the backplane is down"))
+
+    def room_sizes(self, answer: Callable[[list[tuple[str, int]] | Exception], None]) -> None:
+        head, tail = len(self.prefix) + 2, -len(":members")
+
+        def done(reply: Any) -> None:
+            if isinstance(reply, RedisError):
+                answer(reply)
+                return
+            pairs = zip(reply[::2], reply[1::2], strict=True)
+            answer(sorted((key.decode()[head:tail], int(size)) for key, size in pairs))
+
+        pattern = f"{self.prefix}r:*:members"
+        if not self._run(_SIZES, [], [pattern, MAX_LISTED], done):
+            answer(RedisError("the backplane is down"))
+
+    def kick(self, name: str) -> None:
+        """Ask every node (this one too) to close ``name``'s connections."""
+        self.commands.command("PUBLISH", self._kick_channel(), name)
+
+    def _kick_channel(self) -> str:
+        return f"{self.prefix}kick"
+
     # -- links ---------------------------------------------------------------
 
     def _link_up(self) -> None:
@@ -368,6 +446,7 @@ class RedisBackplane:
             for room in self._open:
                 self._loading.setdefault(room, [])
             self.pubsub.command("SUBSCRIBE", *(self._channel(r) for r in self._open))
+        self.pubsub.command("SUBSCRIBE", self._kick_channel())
 
     def _link_down(self, reason: str) -> None:
         if self._stopped:
@@ -413,3 +492,8 @@ class RedisBackplane:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
+
+
+def _stream_seq(entry_id: bytes) -> int:
+    """A history entry's seq: its stream id is ``<seq>-1``."""
+    return int(entry_id.split(b"-", 1)[0])
