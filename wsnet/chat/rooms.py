@@ -39,6 +39,7 @@ from wsnet.chat.protocol import (
     parse_command,
 )
 from wsnet.chat.settings import ChatSettings
+from wsnet.chat.signals import TypingSignals
 from wsnet.chat.state import Member, Publication, Room
 from wsnet.chat.store import Journal, Staged, Store
 from wsnet.chat.table import RoomTable
@@ -96,6 +97,8 @@ class Chat(Generic[P]):
         self._published: list[Publication] = []
         self._batch: Batch[P] = Batch()
         self._presence = Presence(self.settings, self.timer, self._batch)
+        self._typing_rule = TypingSignals(self.settings, self.timer, self._batch, self.backplane,
+                                   lambda m, room: self.access(m, room) is Access.WRITE)
         self._loading: Loading[P] = Loading(
             self._table, self._batch, self.backplane,
             join=self._join, emptied=self._emptied, deliver=self.deliver, reply=self.reply,
@@ -314,25 +317,11 @@ class Chat(Generic[P]):
         self._remove(member, room)
 
     def _typing(self, member: Member[P], name: str) -> None:
-        """'Someone is typing' for the room, in this tick's batch; at most one
-        per member and room per ``typing_interval``, none where presence is a
-        count, and never stored or numbered. Extra ones drop silently."""
         room = member.rooms.get(name)
         if room is None:
             self.reply(member, ChatError("not_in_room", f"join '{name}' first", name).event())
-            return
-        now = self.timer()
-        typed = member.typed if member.typed is not None else {}
-        last = typed.get(name)
-        if (room.counting or (last is not None and now - last < self.settings.typing_interval)
-                or self.access(member, name) is not Access.WRITE):
-            return
-        typed[name] = now
-        member.typed = typed
-        encoded = encode_event({"type": "typing", "room": name, "id": member.id,
-                                "name": member.name})
-        self._batch.emit(room, encoded)
-        self.backplane.signal(name, encoded)
+        else:
+            self._typing_rule.signal(member, room)
 
     def access(self, member: Member[Any], room: str) -> Access:
         """What the member may do in the room (``access.room_access``), now."""
@@ -356,8 +345,7 @@ class Chat(Generic[P]):
 
     def _remove(self, member: Member[P], room: Room) -> None:
         self._table.unseat(member, room)
-        if member.typed is not None:
-            member.typed.pop(room.name, None)
+        self._typing_rule.left(member, room)
         if member.skip is not None:
             member.skip.pop(room, None)
         left = encode_event(person_event("leave", room, member))
@@ -386,9 +374,7 @@ class Chat(Generic[P]):
 
     def remote_signal(self, name: str, encoded: str) -> None:
         """An ephemeral event (``typing``) from another node's member."""
-        room = self.rooms.get(name)
-        if room is not None and room.members and not room.counting:
-            self._batch.emit(room, encoded)
+        self._typing_rule.remote(self.rooms.get(name), encoded)
 
     def local_members(self, name: str) -> list[tuple[str, str]]:
         room = self.rooms.get(name)
