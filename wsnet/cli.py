@@ -19,6 +19,7 @@ from wsnet.chat.protocol import NAME_RULE, ROOM_RULE, valid_room
 from wsnet.chat.redis import RedisBackplane, redis_available
 from wsnet.chat.sqlite import SqliteStore, StoreOpenError
 from wsnet.config import Config
+from wsnet.config_file import ConfigFileError, parse_config, render_config
 from wsnet.echo import EchoApp
 from wsnet.server import Handler, Server
 from wsnet.tokens import Grant, make_token
@@ -86,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m wsnet",
         description="A WebSocket chat server (or echo server) on one single-threaded reactor.",
+    )
+    p.add_argument(
+        "--config", metavar="FILE",
+        help="a TOML file of options under their names without '--' "
+        "(max-connections = 1000); flags given here win",
+    )
+    p.add_argument(
+        "--print-config", action="store_true",
+        help="print the effective configuration (file and flags; secrets masked) and exit",
     )
     p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port (default %(default)s; 0 = any)")
@@ -286,9 +296,45 @@ def _given(option: _T | None, otherwise: _T) -> _T:
     return otherwise if option is None else option
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _read_config_file(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """``--config FILE``'s settings become the parser's defaults, so that flags
+    on the command line still win. Raises OSError or ConfigFileError."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config")
+    known, _ = first.parse_known_args(argv)
+    if known.config is None:
+        return
+    with open(known.config, "rb") as f:
+        data = f.read()
+    parser.set_defaults(**parse_config(data, parser, known.config))
+
+
+def _print_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    notes = {env: f"{env} is set (its value is not shown)"
+             for env in (SECRET_ENV, API_KEY_ENV) if os.environ.get(env)}
+    print(render_config(args, parser, notes), end="")
+    return 0
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The options: the config file's, then the command line's. A file that
+    cannot be used is one line and exit status 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        _read_config_file(parser, argv)
+    except OSError as exc:
+        print(f"wsnet: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ConfigFileError as exc:
+        print(f"wsnet: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return parser, parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, args = _parse(argv)
+    if args.print_config:
+        return _print_config(parser, args)
     _check_workers(parser, args)
     _setup_logging(args)
     try:
