@@ -43,7 +43,8 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 import wsnet
 from wsnet.chat import ChatApp
-from wsnet.cli import SECRET_ENV, SafeFormatter
+from wsnet.cli import SECRET_ENV
+from wsnet.logs import SafeFormatter
 from wsnet.tokens import TokenError, make_token, verify_token
 
 pytestmark = pytest.mark.timeout(60)

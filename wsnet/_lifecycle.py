@@ -37,6 +37,7 @@ from wsnet._upgrade import Accept, HttpReader, decide_upgrade, is_upgrade
 from wsnet.config import Config
 from wsnet.connection import Connection
 from wsnet.handler import Handler
+from wsnet.logs import ACCESS, access_line
 
 if TYPE_CHECKING:  # the sockets themselves are the reactor's
     import socket
@@ -81,7 +82,7 @@ class Link:
 
     __slots__ = (
         "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "timer", "bucket",
-        "over_limit",
+        "over_limit", "started", "bytes_in", "messages_in", "path",
     )
 
     def __init__(
@@ -98,6 +99,11 @@ class Link:
         self.timer: Timer | None = None
         self.bucket: TokenBucket | None = None
         self.over_limit = False
+        #: For the access line: when it was accepted, what came in, the path.
+        self.started = lifecycle.reactor.clock()
+        self.bytes_in = 0
+        self.messages_in = 0
+        self.path = "-"
 
     @property
     def is_open(self) -> bool:
@@ -111,6 +117,7 @@ class Link:
     # The channel's protocol: bytes go to the phase's reader.
 
     def data_received(self, ch: Channel, data: bytes) -> None:
+        self.bytes_in += len(data)
         phase = self.phase
         if phase is OPEN or phase is CLOSING:
             self.lifecycle.feed_websocket(self, data)
@@ -244,6 +251,7 @@ class Lifecycle:
         if not keep:
             self._respond(link, response, request)
             return False
+        self._log_request(link, request, response)
         head_only = request.method == "HEAD"
         link.ch.outbox.append(render_response(response, head_only=head_only, keep_alive=True))
         link.http = self._reader()
@@ -283,6 +291,7 @@ class Lifecycle:
         self._respond(link, response, request)
 
     def _respond(self, link: Link, response: Response, request: Request | None = None) -> None:
+        self._log_request(link, request, response)
         head_only = request is not None and request.method == "HEAD"
         link.ch.outbox.append(render_response(response, head_only=head_only))
         link.http = None
@@ -305,6 +314,8 @@ class Lifecycle:
             deflate_min_bytes=cfg.deflate_min_bytes,
         )
         link.enter(OPEN)
+        # The configured path itself (shared by every connection), never the query.
+        link.path = next((p for p in cfg.ws_paths if p == request.path), "-")
         self.open += 1
         conn = link.conn
         ip = conn.peer[0]
@@ -337,6 +348,7 @@ class Lifecycle:
             if link.phase is not OPEN:
                 continue
             received.value += 1
+            link.messages_in += 1
             if bucket is not None and not self._admit(link, bucket):
                 continue
             self.call_app(link, on_message, conn, message)
@@ -444,6 +456,8 @@ class Lifecycle:
             self._closed(link)
             self.reactor.cancel(link.timer)
             link.timer = None
+        if session is not None and link in self.links and self.config.access_log:
+            self._log_websocket(link, session.close_code)
         link.enter(DONE)
         link.http = None
         if link.pending is not None:
@@ -453,6 +467,33 @@ class Lifecycle:
         if link in self.links:
             self.links.remove(link)
             _release(self._sockets_per_ip, link.conn.peer[0])
+
+    # -- access lines ----------------------------------------------------------
+
+    def _log_websocket(self, link: Link, code: int | None) -> None:
+        if not ACCESS.isEnabledFor(logging.INFO):
+            return
+        outbox = link.ch.outbox
+        fields = {
+            "peer": _peer(link), "path": link.path,
+            "duration": round(self.reactor.clock() - link.started, 3),
+            "bytes_in": link.bytes_in, "messages_in": link.messages_in,
+            "bytes_out": outbox.queued - outbox.nbytes, "messages_out": outbox.frames,
+            "close": code if code is not None else 1006,
+        }
+        ACCESS.info(access_line(fields), extra={"access": fields})
+
+    def _log_request(self, link: Link, request: Request | None, response: Response) -> None:
+        if not (self.config.access_log and ACCESS.isEnabledFor(logging.INFO)):
+            return
+        fields = {
+            "peer": _peer(link),
+            "method": request.method if request is not None else "-",
+            "path": request.path if request is not None else "-",  # no query: no tokens
+            "status": response.status, "bytes_out": len(response.body),
+            "duration": round(self.reactor.clock() - link.started, 3),
+        }
+        ACCESS.info(access_line(fields), extra={"access": fields})
 
     # -- shutdown and application calls --------------------------------------
 
@@ -472,3 +513,8 @@ class Lifecycle:
             log.exception("application error in %s", getattr(fn, "__name__", fn))
             if link is not None and link.phase is OPEN:
                 self.close(link, 1011, "internal error")
+
+
+def _peer(link: Link) -> str:
+    host, port = link.conn.peer[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

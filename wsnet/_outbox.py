@@ -11,11 +11,14 @@ __all__ = ["Outbox"]
 
 
 class Outbox:
-    __slots__ = ("chunks", "nbytes", "partial")
+    __slots__ = ("chunks", "frames", "nbytes", "partial", "queued")
 
     def __init__(self) -> None:
         self.chunks: list[bytes | memoryview] = []
         self.nbytes = 0
+        #: Bytes and chunks (frames, responses) ever queued: the access line's "out".
+        self.queued = 0
+        self.frames = 0
         #: The first chunk has been written in part; it must go out whole before
         #: anything may replace what follows it.
         self.partial = False
@@ -26,7 +29,10 @@ class Outbox:
     def append(self, data: bytes) -> None:
         if data:
             self.chunks.append(data)
-            self.nbytes += len(data)
+            size = len(data)
+            self.nbytes += size
+            self.queued += size
+            self.frames += 1
 
     def consume(self, sent: int) -> None:
         """Forget the first ``sent`` bytes, which the kernel has taken."""

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import TypeVar
 
 from wsnet.chat import ChatApp, ChatSettings, valid_name
 from wsnet.chat.protocol import NAME_RULE, ROOM_RULE, valid_room
@@ -21,6 +21,7 @@ from wsnet.chat.sqlite import SqliteStore, StoreOpenError
 from wsnet.config import Config
 from wsnet.config_file import ConfigFileError, parse_config, render_config
 from wsnet.echo import EchoApp
+from wsnet.logs import JsonFormatter, SafeFormatter
 from wsnet.server import Handler, Server
 from wsnet.tokens import Grant, make_token
 from wsnet.workers import NEEDS_REDIS, Supervisor, stop_with_parent
@@ -33,27 +34,6 @@ API_KEY_ENV = "WSNET_API_KEY"
 #: The default store's file in --data-dir.
 DEFAULT_STORE_FILE = "chat.sqlite3"
 _T = TypeVar("_T")
-
-
-class SafeFormatter(logging.Formatter):
-    """Escape control characters, so text a peer chose (in an exception message,
-    say) cannot forge log lines or drive the terminal."""
-
-    _TABLE: ClassVar[dict[int, str]] = {
-        c: f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
-        for c in [*range(32), *range(127, 160), 0x2028, 0x2029]
-        if c != 9
-    }
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        return super().formatMessage(record).translate(self._TABLE)
-
-    def format(self, record: logging.LogRecord) -> str:
-        # A traceback spans lines by design, and an exception's text may hold a
-        # newline a peer chose: every continuation line is escaped and marked, so
-        # nothing can pass for a record of its own.
-        first, *rest = super().format(record).split("\n")
-        return first + "".join("\n  | " + line.translate(self._TABLE) for line in rest)
 
 
 def _read_secret(path: str | None, env: str = SECRET_ENV) -> bytes | None:
@@ -248,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     # SO_REUSEPORT, stop when the supervisor with this pid is gone).
     p.add_argument("--as-worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument(
+        "--log-format", default="text", choices=["text", "json"],
+        help="log lines as escaped text, or one JSON object each (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-access-log", action="store_true",
+        help="no access line per connection (wsnet.access logger)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -286,6 +274,7 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         certfile=_given(args.certfile, preferred.certfile),
         keyfile=_given(args.keyfile, preferred.keyfile),
         deflate=False if args.no_deflate else preferred.deflate,
+        access_log=False if args.no_access_log else preferred.access_log,
         # A worker of --workers N: the port is shared.
         reuse_port=True if worker else preferred.reuse_port,
     )
@@ -498,9 +487,12 @@ def _check_workers(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _setup_logging(args: argparse.Namespace) -> None:
     handler = logging.StreamHandler()
-    # Workers share the supervisor's standard error: their lines carry their pid.
-    name = "%(name)s[%(process)d]" if args.as_worker_of is not None else "%(name)s"
-    handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
+    if args.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        # Workers share the supervisor's standard error: their lines carry their pid.
+        name = "%(name)s[%(process)d]" if args.as_worker_of is not None else "%(name)s"
+        handler.setFormatter(SafeFormatter(f"%(asctime)s %(levelname)s {name}: %(message)s"))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
 
 

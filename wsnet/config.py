@@ -47,6 +47,10 @@ class Config:
     #: Request line plus headers. h11's own default, between nginx's 8 KiB and
     #: node's 80 KiB: browsers with many cookies fit, floods do not. Past it: 431.
     max_header_bytes: int = 16 * 1024
+    #: One line per connection on the "wsnet.access" logger (peer, path, time,
+    #: bytes and messages each way, close code; one per plain request): what an
+    #: operator reads first. Off for runs of millions of short connections.
+    access_log: bool = True
     #: Largest body of a plain request (the chat's HTTP API takes JSON): past
     #: it, 413 before the body is read, or as soon as a chunked one grows past.
     max_body_bytes: int = 64 * 1024
