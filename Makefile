@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean bench bench-quick browser redis
+.PHONY: run test lint typecheck unit clean bench bench-quick browser redis nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { apt-get update -qq && apt-get install -y -qq python3-venv \
@@ -50,7 +50,13 @@ redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq \
 		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-unit: $(VENV)/.test browser redis
+# The reverse-proxy tests run Debian's nginx in front of the server (started by
+# the test on a free port, with contrib/nginx.conf).
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
+
+unit: $(VENV)/.test browser redis nginx
 	$(BIN)/python -m pytest -q
 
 ## make bench [ARGS="--servers wsnet,websockets --scenarios idle"]: the full benchmark

@@ -61,6 +61,8 @@ class Request:
     #: The body of a plain request (at most ``Config.max_body_bytes``); upgrade
     #: requests have none.
     body: bytes = b""
+    #: "https" over TLS (or when a trusted proxy says so), else "http".
+    scheme: str = "http"
 
     @property
     def path(self) -> str:

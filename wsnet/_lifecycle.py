@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 from wsnet._channel import Channel
 from wsnet._clock import Timer
 from wsnet._fanout import Fanout
+from wsnet._forwarded import TrustedProxies
 from wsnet._http import Pending, Request, Response, keep_alive, render_response
 from wsnet._limits import TokenBucket
 from wsnet._reactor import Reactor
@@ -82,7 +84,7 @@ class Link:
 
     __slots__ = (
         "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "timer", "bucket",
-        "over_limit", "started", "bytes_in", "messages_in", "path",
+        "over_limit", "started", "bytes_in", "messages_in", "path", "via",
     )
 
     def __init__(
@@ -104,6 +106,8 @@ class Link:
         self.bytes_in = 0
         self.messages_in = 0
         self.path = "-"
+        #: The socket's own peer, when a trusted proxy named the client in ``conn.peer``.
+        self.via: tuple[str, int] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -155,6 +159,8 @@ class Lifecycle:
         self._sockets_per_ip: dict[str, int] = {}  # sockets in any phase
         self._next_id = 0
         self.routes: Routes | None = None  # set by the server, which knows its statistics
+        self.proxies = TrustedProxies(config.forwarded_allow_ips)
+        self._scheme = "https" if ssl_context is not None else "http"
 
     # -- the reactor's protocol ----------------------------------------------
 
@@ -162,8 +168,10 @@ class Lifecycle:
         self.metrics.sockets_accepted.value += 1
         per_ip = self.config.max_connections_per_ip
         ip = peer[0]
+        if self.proxies and self.proxies.trusts(ip):
+            ip = ""  # a proxy's sockets are many clients': counted once each is known
         sockets = self._sockets_per_ip.get(ip, 0)
-        if per_ip and sockets >= 2 * per_ip:
+        if per_ip and ip and sockets >= 2 * per_ip:
             # Sockets still in their handshake or closing count too, or one address
             # could hold every descriptor with requests it never finishes. Twice
             # the limit leaves room for reconnects while old sockets close.
@@ -186,6 +194,19 @@ class Lifecycle:
 
     # -- HTTP phase ----------------------------------------------------------
 
+    def _client_of(self, link: Link, request: Request) -> Request:
+        """The request as its client made it: behind a trusted proxy, the
+        client's address (``conn.peer``, per-address limits, logs) and scheme."""
+        if not self.proxies:
+            return request if self._scheme == "http" else replace(request, scheme=self._scheme)
+        socket_peer = link.via or link.conn.peer
+        client = self.proxies.client(socket_peer, request)
+        if client is None:
+            link.via, link.conn.peer = None, socket_peer
+            return replace(request, peer=socket_peer, scheme=self._scheme)
+        link.via, link.conn.peer = socket_peer, (client.ip, client.port)
+        return replace(request, peer=link.conn.peer, scheme=client.scheme or self._scheme)
+
     def _reader(self) -> HttpReader:
         return HttpReader(self.config.max_header_bytes, self.config.max_body_bytes)
 
@@ -204,6 +225,8 @@ class Lifecycle:
                 if reader.closed:
                     self.drop(link)
                 return
+            if isinstance(result, Request):
+                result = self._client_of(link, result)
             if isinstance(result, Response):
                 self._respond(link, result)
             elif is_upgrade(result):
@@ -466,7 +489,8 @@ class Lifecycle:
         self.reactor.close(link.ch)
         if link in self.links:
             self.links.remove(link)
-            _release(self._sockets_per_ip, link.conn.peer[0])
+            ip = (link.via or link.conn.peer)[0]
+            _release(self._sockets_per_ip, "" if self.proxies and self.proxies.trusts(ip) else ip)
 
     # -- access lines ----------------------------------------------------------
 
@@ -481,6 +505,8 @@ class Lifecycle:
             "bytes_out": outbox.queued - outbox.nbytes, "messages_out": outbox.frames,
             "close": code if code is not None else 1006,
         }
+        if link.via is not None:
+            fields["via"] = link.via[0]
         ACCESS.info(access_line(fields), extra={"access": fields})
 
     def _log_request(self, link: Link, request: Request | None, response: Response) -> None:

@@ -45,13 +45,18 @@ def is_upgrade(request: Request) -> bool:
     return "websocket" in request.header_tokens("upgrade")
 
 
-def _origin_allowed(origin: str | None, allowed: tuple[str, ...]) -> bool:
+def _origin_allowed(request: Request, allowed: tuple[str, ...]) -> bool:
     """No Origin: not a browser, and nothing to check (any client may forge one).
-    Otherwise an exact, case-insensitive match of scheme://host[:port]."""
+    Otherwise an exact, case-insensitive match of scheme://host[:port]; ``self``
+    is the origin this request was made to (its scheme, as a trusted proxy
+    reports it, and its Host)."""
+    origin = request.header("origin")
     if origin is None:
         return True
     origin = origin.strip().lower().rstrip("/")
-    return any(origin == a.strip().lower().rstrip("/") for a in allowed)
+    own = f"{request.scheme}://{(request.header('host') or '').strip().lower()}"
+    return any(origin == (own if a == "self" else a.strip().lower().rstrip("/"))
+               for a in allowed)
 
 
 def _declares_body(request: Request) -> bool:
@@ -105,7 +110,7 @@ def decide_upgrade(
     keys = request.header_values("sec-websocket-key")
     if not _valid_key(keys):
         return Response.text(400, "Sec-WebSocket-Key must be base64 of 16 bytes")
-    if allowed_origins and not _origin_allowed(request.header("origin"), allowed_origins):
+    if allowed_origins and not _origin_allowed(request, allowed_origins):
         # Cross-site WebSocket hijacking: a page elsewhere must not ride on this
         # browser's cookies. RFC 6455 §10.2.
         return Response.text(403, "origin not allowed")

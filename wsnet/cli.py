@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="browser Origin allowed to connect, e.g. https://chat.example (repeatable; "
         "default: any). Others get 403",
     )
+    p.add_argument(
+        "--forwarded-allow-ips", action="append", metavar="ADDRS",
+        help="reverse proxies (addresses and CIDRs, comma-separated, repeatable) whose "
+        "Forwarded / X-Forwarded-For / X-Forwarded-Proto headers name the client "
+        "(default: none)",
+    )
     p.add_argument("--certfile", help="PEM certificate chain: serve wss:// and https://")
     p.add_argument("--keyfile", help="PEM private key for --certfile")
     p.add_argument(
@@ -254,6 +260,8 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
     preferred = Config().replace(**defaults)
     ms = args.flush_interval_ms
     origins = tuple(args.allowed_origin) if args.allowed_origin else None
+    proxies = tuple(a.strip() for arg in args.forwarded_allow_ips or () for a in arg.split(",")
+                    if a.strip()) or None
     worker = getattr(args, "as_worker_of", None) is not None
     return dataclasses.replace(
         preferred,
@@ -271,6 +279,7 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         rate_limit=_given(args.rate_limit, preferred.rate_limit),
         rate_burst=_given(args.rate_burst, preferred.rate_burst),
         allowed_origins=_given(origins, preferred.allowed_origins),
+        forwarded_allow_ips=_given(proxies, preferred.forwarded_allow_ips),
         certfile=_given(args.certfile, preferred.certfile),
         keyfile=_given(args.keyfile, preferred.keyfile),
         deflate=False if args.no_deflate else preferred.deflate,

@@ -7,6 +7,7 @@ which is the point: remote peers are bounded by these numbers and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,11 @@ class Config:
     #: others get 403. Empty: any origin. Requests without Origin (non-browser
     #: clients, which can send any Origin anyway) are not affected.
     allowed_origins: tuple[str, ...] = ()
+    #: Reverse proxies (addresses and CIDRs) whose Forwarded / X-Forwarded-For
+    #: and X-Forwarded-Proto headers are believed: then the client behind them is
+    #: ``conn.peer``, the per-address limits and the logs. Empty: nobody's, since
+    #: any client can write those headers.
+    forwarded_allow_ips: tuple[str, ...] = ()
 
     #: TLS: serve wss:// and https:// when both are set (PEM files).
     certfile: str | None = None
@@ -160,6 +166,11 @@ class Config:
             problems.append("certfile and keyfile go together")
         if not 1 <= self.deflate_level <= 9:
             problems.append("deflate_level must be 1..9")
+        for spec in self.forwarded_allow_ips:
+            try:
+                ipaddress.ip_network(spec.strip(), strict=False)
+            except ValueError:
+                problems.append(f"forwarded_allow_ips: not an address or CIDR: {spec!r}")
         if problems:
             raise ValueError("invalid Config: " + "; ".join(problems))
 
