@@ -241,7 +241,7 @@ def test_a_killed_worker_is_restarted_while_the_port_keeps_accepting(
     assert server.alive()
 
 
-def test_the_port_stays_reserved_while_every_worker_is_down(
+def test_a_connection_made_while_every_worker_is_down_waits_and_is_served(
     server_factory: ServerFactory, redis_server: RedisServer,
 ) -> None:
     server = start_workers(server_factory, redis_server)
@@ -249,21 +249,20 @@ def test_the_port_stays_reserved_while_every_worker_is_down(
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     wait_for("both workers to die", lambda: not children(server.pid) & workers)
-    # No listener now (restarts wait 0.5 s), but the supervisor holds the port:
-    # nobody else may bind it.
-    assert not listening(server.port)
+    # No worker now (restarts wait 0.5 s), but the supervisor's socket still
+    # listens: nobody else may bind the port, and a client is queued, not refused.
+    assert listening(server.port)
     with socket.socket() as other, pytest.raises(OSError):
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         other.bind(("127.0.0.1", server.port))
-    wait_for(
-        "two new workers",
-        lambda: len(pids := children(server.pid)) == 2 and not pids & workers,
-    )
-    response = wait_for(
-        "the new workers to listen",
-        lambda: _healthz_or_none(server.port),
-    )
-    assert response == 200
+    with RawClient(server.port, timeout=10) as early:
+        early.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert not children(server.pid) & workers
+        answer = early.read_until_eof(timeout=10)  # once a new worker accepts it
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+    replaced = children(server.pid)
+    assert replaced and not replaced & workers
+    assert _healthz_or_none(server.port) == 200
 
 
 def _healthz_or_none(port: int) -> int | None:

@@ -523,14 +523,18 @@ class Lifecycle:
 
     # -- shutdown and application calls --------------------------------------
 
-    def close_all(self) -> None:
-        """Shutting down: drop half-made connections, close open ones 1001."""
+    def close_all(self, *, restart: bool = False) -> None:
+        """Shutting down: drop half-made connections, close open ones 1001. A
+        restart (other workers go on) closes them 1012 instead, come back at
+        once, and lets requests already accepted finish: a plain one gets its
+        answer, an upgrade a 503 to retry (on a worker still running)."""
         self.stopping = True
+        code, reason = (1012, "service restart") if restart else (1001, "server shutting down")
         for link in list(self.links):
-            if link.phase is HTTP:
+            if link.phase is HTTP and not restart:
                 self.drop(link)
             elif link.phase is OPEN:
-                self.close(link, 1001, "server shutting down")
+                self.close(link, code, reason)
 
     def call_app(self, link: Link | None, fn: Callable[..., object], *args: object) -> None:
         try:

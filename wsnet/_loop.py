@@ -53,6 +53,8 @@ class Loop:
         self._stop_requested = False
         #: Called on the loop, after ``request_stop``.
         self.on_stop_request: Callable[[], None] | None = None
+        #: The stop requested is a restart: clients get 1012, not 1001.
+        self.restart = False
         # A pipe, not a socketpair: writing one byte from a signal handler is
         # all it does, and it keeps this module free of sockets.
         self._wake_r, self._wake_w = os.pipe()
@@ -122,9 +124,10 @@ class Loop:
 
     # -- stopping ------------------------------------------------------------
 
-    def request_stop(self) -> None:
+    def request_stop(self, *, restart: bool = False) -> None:
         """Ask the loop to call ``on_stop_request`` (safe from signal handlers and
-        other threads)."""
+        other threads). ``restart``: clients are told the service restarts (1012)."""
+        self.restart = self.restart or restart
         self._stop_requested = True
         try:
             os.write(self._wake_w, b"\0")
@@ -142,10 +145,14 @@ class Loop:
             if self.on_stop_request is not None:
                 self.on_stop_request()
 
-    def install_signal_handlers(self) -> None:
-        """SIGINT and SIGTERM request a graceful stop (main thread only)."""
+    def install_signal_handlers(self, *, hup_restarts: bool = False) -> None:
+        """SIGINT and SIGTERM request a graceful stop (main thread only); with
+        ``hup_restarts`` (a worker under a supervisor), SIGHUP a stop that tells
+        clients the service restarts."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda _s, _f: self.request_stop())
+        if hup_restarts:
+            signal.signal(signal.SIGHUP, lambda _s, _f: self.request_stop(restart=True))
 
     # -- the loop ------------------------------------------------------------
 

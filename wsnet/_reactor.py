@@ -33,7 +33,7 @@ from wsnet._outbox import Outbox
 from wsnet._stream import Stream, StreamProtocol
 
 __all__ = [
-    "READ", "WRITE", "Reactor", "ReactorProtocol", "Stream", "StreamProtocol", "reserve_port",
+    "READ", "WRITE", "Reactor", "ReactorProtocol", "Stream", "StreamProtocol", "shared_listener",
 ]
 
 log = logging.getLogger("wsnet")
@@ -76,20 +76,29 @@ class Reactor:
 
     def listen(
         self, host: str, port: int, backlog: int, *, reuse_port: bool = False,
+        fd: int | None = None,
     ) -> tuple[str, int]:
         """Bind and listen; raises OSError (EADDRINUSE, ...) to the caller.
 
         With ``reuse_port``, several processes may listen on the same port and
-        the kernel spreads new connections over them (worker processes).
+        the kernel spreads new connections over them. With ``fd``, accept on a
+        listening socket this process inherited instead (``--workers``: the
+        supervisor's, whose one accept queue outlives any worker).
         """
-        sock = _bound(host, port, reuse_addr=True, reuse_port=reuse_port)
-        try:
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
+        if fd is not None:
+            sock = socket.socket(fileno=fd)
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                sock.detach()
+                raise OSError(f"descriptor {fd} is not a listening socket")
+        else:
+            sock = _bound(host, port, reuse_addr=True, reuse_port=reuse_port)
+            try:
+                sock.listen(backlog)
+            except OSError:
+                sock.close()
+                raise
         sock.setblocking(False)
-        self._acceptor = _Acceptor(self, sock)
+        self._acceptor = _Acceptor(self, sock, SHARED_ACCEPT_BATCH if fd is not None else None)
         bound = sock.getsockname()
         return bound[0], bound[1]
 
@@ -357,13 +366,23 @@ class Reactor:
         self.loop.close()
 
 
+#: Accepts per wake-up on a listening socket shared with other processes.
+SHARED_ACCEPT_BATCH = 4
+
+
 class _Acceptor:
     """The listening socket: accepts every queued connection when readable, and
     pauses instead of spinning when the process is out of descriptors."""
 
-    def __init__(self, reactor: Reactor, listener: socket.socket) -> None:
+    def __init__(
+        self, reactor: Reactor, listener: socket.socket, batch: int | None = None,
+    ) -> None:
         self._reactor = reactor
         self._listener = listener
+        #: At most this many accepts per wake-up (None: all that wait). A queue
+        #: shared by worker processes wakes them all; whoever runs first would
+        #: otherwise take every connection, and the busiest worker grow busier.
+        self._batch = batch
         self._backoff = 0.0
         self._closed = False
         reactor.loop.selector.register(listener, READ, self._on_accept)
@@ -375,7 +394,10 @@ class _Acceptor:
 
     def _on_accept(self) -> None:
         reactor, listener = self._reactor, self._listener
-        while True:
+        left = self._batch
+        while left is None or left > 0:
+            if left is not None:
+                left -= 1
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -456,16 +478,24 @@ def _connecting(host: str, port: int) -> tuple[socket.socket, int]:
         raise
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` with ``SO_REUSEPORT``, not listening.
+def shared_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket for workers to inherit (``--workers``).
 
-    It never accepts anything (only listening sockets receive connections), but
-    it keeps the port: ``--port 0`` resolves once, and other programs cannot bind
-    it while workers restart. Raises OSError (EADDRINUSE, ...) like ``listen``.
-    SO_REUSEPORT alone (no SO_REUSEADDR): workers share the port, since they set
-    SO_REUSEPORT too, while a SO_REUSEADDR binder elsewhere cannot.
+    Its one accept queue belongs to the supervisor that holds it: a worker that
+    exits, crashes or drains closes only its own descriptor, and a connection
+    waiting in the queue is accepted by another worker instead of being reset
+    (as it would be in a closing ``SO_REUSEPORT`` listener's own queue). Blocking
+    as made; each worker sets its descriptor non-blocking (the flag is shared,
+    which every worker wants). Raises OSError (EADDRINUSE, ...) like ``listen``.
     """
-    return _bound(host, port, reuse_addr=False, reuse_port=True)
+    sock = _bound(host, port, reuse_addr=True, reuse_port=False)
+    try:
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def _bound(host: str, port: int, *, reuse_addr: bool, reuse_port: bool) -> socket.socket:

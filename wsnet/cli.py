@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import ssl
 import sys
 import time
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Internal: how the supervisor of --workers starts each worker (listen with
     # SO_REUSEPORT, stop when the supervisor with this pid is gone).
     p.add_argument("--as-worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
+    p.add_argument("--listen-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
     p.add_argument(
         "--log-format", default="text", choices=["text", "json"],
         help="log lines as escaped text, or one JSON object each (default %(default)s)",
@@ -262,7 +264,6 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
     origins = tuple(args.allowed_origin) if args.allowed_origin else None
     proxies = tuple(a.strip() for arg in args.forwarded_allow_ips or () for a in arg.split(",")
                     if a.strip()) or None
-    worker = getattr(args, "as_worker_of", None) is not None
     return dataclasses.replace(
         preferred,
         host=preferred.host if "host" in defaults else args.host,
@@ -284,8 +285,6 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         keyfile=_given(args.keyfile, preferred.keyfile),
         deflate=False if args.no_deflate else preferred.deflate,
         access_log=False if args.no_access_log else preferred.access_log,
-        # A worker of --workers N: the port is shared.
-        reuse_port=True if worker else preferred.reuse_port,
     )
 
 
@@ -373,20 +372,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         # Everything is checked (options, TLS files): the workers do the serving.
         return _supervise(list(sys.argv[1:] if argv is None else argv), args.workers, config)
+    if args.as_worker_of is None:
+        _ignore_hup()  # before the listening line: a reload right after must not kill us
     try:
-        server.listen()
+        server.listen(fd=args.listen_fd)
     except OSError as exc:
         _cannot_listen(config, exc)
         return 2
     if args.as_worker_of is not None:
         stop_with_parent(args.as_worker_of, server.stop)
+        # Before the listening line, which tells the supervisor it may drain us.
+        signal.signal(signal.SIGHUP, lambda _s, _f: server.stop(restart=True))
     print(f"wsnet {args.app} listening on {server.url}", flush=True)
     if isinstance(app, ChatApp) and isinstance(app.store, SqliteStore):
         sync = "FULL (--fsync)" if args.fsync else "NORMAL"
         logging.getLogger("wsnet").info("chat store: %s (synchronous=%s)", app.store.path, sync)
-    server.serve_forever()
+    server.serve_forever(hup_restarts=args.as_worker_of is not None)
     logging.getLogger("wsnet").info("stopped")
     return 0
+
+
+def _ignore_hup() -> None:
+    """One process cannot hand its clients to a successor (see README,
+    "Deploying"): SIGHUP, a reload elsewhere, must not stop it; say so."""
+
+    def hup(_signum: int, _frame: object) -> None:
+        logging.getLogger("wsnet").warning(
+            "SIGHUP ignored: a rolling restart needs --workers (one process cannot "
+            "restart without closing its clients)")
+
+    signal.signal(signal.SIGHUP, hup)
 
 
 def _mint(parser: argparse.ArgumentParser, args: argparse.Namespace, secret: bytes | None) -> int:
@@ -509,6 +524,7 @@ def _supervise(options: list[str], workers: int, config: Config) -> int:
     """``--workers N``: run N worker processes (see ``wsnet.workers``)."""
     supervisor = Supervisor(
         options, workers, config.host, config.port, grace=config.shutdown_grace,
+        backlog=config.backlog,
     )
     try:
         supervisor.reserve()

@@ -61,12 +61,13 @@ class Server:
 
     # -- running -------------------------------------------------------------
 
-    def listen(self) -> tuple[str, int]:
-        """Bind the listening socket; OSError (e.g. EADDRINUSE) propagates."""
+    def listen(self, fd: int | None = None) -> tuple[str, int]:
+        """Bind the listening socket, or (``fd``) accept on an inherited one that
+        is already listening; OSError (e.g. EADDRINUSE) propagates."""
         if self.address is None:
             cfg = self.config
             self.address = self._reactor.listen(
-                cfg.host, cfg.port, cfg.backlog, reuse_port=cfg.reuse_port,
+                cfg.host, cfg.port, cfg.backlog, reuse_port=cfg.reuse_port, fd=fd,
             )
             self.handler.on_start(self)
         return self.address
@@ -79,14 +80,16 @@ class Server:
         scheme = "wss" if self.config.tls else "ws"
         return f"{scheme}://{host}:{port}/"
 
-    def serve_forever(self, *, install_signal_handlers: bool = True) -> None:
+    def serve_forever(
+        self, *, install_signal_handlers: bool = True, hup_restarts: bool = False,
+    ) -> None:
         """Serve until SIGINT/SIGTERM or ``stop()``, then shut down gracefully:
         stop accepting, flush, close every client with 1001, wait up to
         ``shutdown_grace`` for their replies."""
         self.listen()
         reactor = self._reactor
         if install_signal_handlers:
-            reactor.loop.install_signal_handlers()
+            reactor.loop.install_signal_handlers(hup_restarts=hup_restarts)
         try:
             reactor.run(until=self._finished)
         finally:
@@ -96,9 +99,11 @@ class Server:
             lifecycle.call_app(None, self.handler.on_stop)
             reactor.close_all()
 
-    def stop(self) -> None:
-        """Begin a graceful shutdown (safe from other threads and signal handlers)."""
-        self._reactor.loop.request_stop()
+    def stop(self, *, restart: bool = False) -> None:
+        """Begin a graceful shutdown (safe from other threads and signal handlers).
+        ``restart``: clients are closed 1012 ("service restart": reconnect now)
+        instead of 1001."""
+        self._reactor.loop.request_stop(restart=restart)
 
     # -- for applications ----------------------------------------------------
 
@@ -164,7 +169,7 @@ class Server:
         lifecycle.stopping = True
         lifecycle.tick()  # send what the application batched this tick
         reactor.flush()
-        lifecycle.close_all()
+        lifecycle.close_all(restart=reactor.loop.restart)
 
     def _force_stop(self) -> None:
         self._forced = True

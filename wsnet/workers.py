@@ -1,21 +1,29 @@
 """``--workers N``: N reactor processes sharing one port, under a small supervisor.
 
 Each worker is a whole ``python -m wsnet`` of its own (the same options, plus
-``--workers 1``, the port and the hidden ``--as-worker-of PID``), listening with
-``SO_REUSEPORT`` so that the kernel spreads new connections over them. Rooms span
-workers through the Redis backplane, which is why more than one worker needs
-``--redis``.
+``--workers 1``, the port and the hidden ``--as-worker-of PID`` and
+``--listen-fd FD``), accepting on one listening socket that the supervisor made
+and every worker inherits. Rooms span workers through the Redis backplane,
+which is why more than one worker needs ``--redis``.
 
 The supervisor is one thread and one ``selectors`` loop, like the workers:
 
-- it binds the port first (``SO_REUSEPORT``, never listening), so that ``--port 0``
-  picks one port for all, and the port stays reserved while workers restart: no
-  other program can take it even when every worker is down at once;
+- it makes the listening socket itself and keeps it, so that ``--port 0`` picks
+  one port for all, and its one accept queue outlives every worker: a
+  connection waiting there when a worker exits, crashes or drains is accepted
+  by another worker (or by the next one), never reset. (Separate
+  ``SO_REUSEPORT`` listeners would each have a queue of their own, and Linux
+  resets what is in a queue whose listener closes.);
 - it waits for every worker's listening line, then prints one line of its own;
   later lines from workers are read and dropped (logged at debug level), so its
   standard output holds only that line. Workers share its standard error;
 - a worker that exits on its own is restarted, after 0.5 s doubling to 10 s if it
   keeps dying (back to 0.5 s once it has run 30 s);
+- SIGHUP replaces the workers one at a time (a rolling restart, for a deploy or
+  a new config file): the new worker starts and listens, then the old one gets
+  SIGHUP and drains (close 1012, "service restart": clients reconnect at once,
+  to the workers still running, and resume); so some worker accepts at every
+  moment. A new worker that fails to start ends the roll, the old ones stay;
 - SIGTERM or SIGINT is forwarded to every worker, which drains its clients (close
   1001) within the shutdown grace; a worker still running after the grace plus a
   few seconds is killed; the supervisor then exits 0;
@@ -39,11 +47,11 @@ from types import FrameType
 from typing import Any, Protocol
 
 from wsnet._parent import stop_with_parent
-from wsnet._reactor import reserve_port
+from wsnet._reactor import shared_listener
 
 __all__ = [
     "Supervisor",
-    "reserve_port",
+    "shared_listener",
     "worker_command",
     "describe_exit",
     "stop_with_parent",
@@ -64,12 +72,15 @@ STABLE_AFTER = 30.0
 STARTUP_DEADLINE = 30.0
 #: After the shutdown grace, how long a worker has left before SIGKILL.
 KILL_AFTER_GRACE = 3.0
-def worker_command(argv: Sequence[str], port: int, supervisor_pid: int) -> list[str]:
+def worker_command(
+    argv: Sequence[str], port: int, supervisor_pid: int, listen_fd: int,
+) -> list[str]:
     """The command line of one worker: the supervisor's options, then overrides
     (argparse keeps the last value of an option given twice)."""
     return [
         sys.executable, "-m", "wsnet", *argv,
         "--workers", "1", "--port", str(port), "--as-worker-of", str(supervisor_pid),
+        "--listen-fd", str(listen_fd),
     ]
 
 
@@ -128,6 +139,7 @@ class Supervisor:
         port: int,
         *,
         grace: float,
+        backlog: int = 1024,
         out: Callable[[str], None] | None = None,
     ) -> None:
         if count < 1:
@@ -136,7 +148,14 @@ class Supervisor:
         self.host = host
         self.port = port
         self.grace = grace
+        self.backlog = backlog
         self.workers = [Worker(i + 1) for i in range(count)]
+        #: A rolling restart: the slots still to replace, the replacement starting,
+        #: and old workers draining (reaped, never restarted).
+        self._roll: list[int] = []
+        self._incoming: Worker | None = None
+        self._retiring: list[Worker] = []
+        self._hup = False
         self._out = out or (lambda line: print(line, flush=True))
         self._reserved: Closeable | None = None
         self._sel = selectors.DefaultSelector()
@@ -150,11 +169,17 @@ class Supervisor:
     # -- public --------------------------------------------------------------
 
     def reserve(self) -> int:
-        """Bind the port every worker will share; returns it."""
+        """Make the listening socket every worker will share; returns its port."""
         if self._reserved is None:
-            self._reserved = reserve_port(self.host, self.port)
+            self._reserved = shared_listener(self.host, self.port, self.backlog)
             self.port = self._reserved.getsockname()[1]
         return self.port
+
+    def _listen_fd(self) -> int:
+        listener = self._reserved
+        assert listener is not None and hasattr(listener, "fileno")
+        fd: int = listener.fileno()
+        return fd
 
     def run(self) -> int:
         """Start the workers, keep them running, stop them on a signal."""
@@ -192,8 +217,12 @@ class Supervisor:
         def child(_signum: int, _frame: FrameType | None) -> None:
             pass
 
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            self._hup = True
+
         for sig, handler in (
             (signal.SIGTERM, stop), (signal.SIGINT, stop), (signal.SIGCHLD, child),
+            (signal.SIGHUP, hup),
         ):
             handlers[sig] = signal.signal(sig, handler)
         wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -212,8 +241,10 @@ class Supervisor:
         worker.announced = ""
         worker.pending = b""
         try:
+            fd = self._listen_fd()
             process = subprocess.Popen(
-                worker_command(self.argv, self.port, os.getpid()),
+                worker_command(self.argv, self.port, os.getpid(), fd),
+                pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 # stderr: inherited, so worker logs go where the supervisor's go.
@@ -255,7 +286,15 @@ class Supervisor:
         return returncode
 
     def _exited(self) -> list[tuple[Worker, int, int]]:
-        """Reap every worker that ended: (worker, its pid, its exit status)."""
+        """Reap every worker that ended: (worker, its pid, its exit status).
+        Retired workers (drained by a rolling restart) are reaped here too."""
+        for worker in list(self._retiring):
+            pid = worker.pid
+            returncode = self._reap(worker)
+            if returncode is not None:
+                self._retiring.remove(worker)
+                log.info("worker %d (pid %d) retired with %s", worker.index, pid,
+                         describe_exit(returncode))
         ended = []
         for worker in self.workers:
             pid = worker.pid
@@ -265,7 +304,7 @@ class Supervisor:
         return ended
 
     def _live(self) -> list[Worker]:
-        return [w for w in self.workers if w.process is not None]
+        return [w for w in [*self.workers, *self._retiring] if w.process is not None]
 
     # -- the loop ------------------------------------------------------------
 
@@ -328,8 +367,12 @@ class Supervisor:
             self._wait(remaining)
 
     def _supervise(self) -> None:
-        """Restart workers that exit, until a stop signal."""
+        """Restart workers that exit, roll on SIGHUP, until a stop signal."""
         while self._stop_signal is None:
+            if self._hup:
+                self._hup = False
+                self._start_roll()
+            self._step_roll()
             now = time.monotonic()
             for worker, pid, returncode in self._exited():
                 delay = self._schedule_restart(worker, now)
@@ -344,9 +387,55 @@ class Supervisor:
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
             self._wait(timeout)
 
+    # -- rolling restarts ----------------------------------------------------
+
+    def _start_roll(self) -> None:
+        if self._roll or self._incoming is not None:
+            log.info("SIGHUP: a rolling restart is already under way")
+            return
+        log.info("SIGHUP: replacing %d workers one at a time", len(self.workers))
+        self._roll = list(range(len(self.workers)))
+
+    def _step_roll(self) -> None:
+        """Start the next slot's replacement; once it listens, drain the old one."""
+        incoming = self._incoming
+        if incoming is None:
+            if not self._roll:
+                return
+            slot = self._roll[0]
+            incoming = self._incoming = Worker(self.workers[slot].index)
+            self._spawn(incoming, restarted=True)
+            return
+        if incoming.process is None or incoming.process.poll() is not None:
+            returncode = self._reap(incoming)
+            log.error("worker %d's replacement exited with %s before listening: "
+                      "rolling restart stopped, the old workers stay",
+                      incoming.index, describe_exit(returncode if returncode is not None else 1))
+            self._incoming = None
+            self._roll = []
+            return
+        if not incoming.announced:
+            return
+        slot = self._roll.pop(0)
+        old = self.workers[slot]
+        self.workers[slot] = incoming
+        self._incoming = None
+        if old.process is not None:
+            log.info("worker %d (pid %d) draining: its replacement (pid %d) listens",
+                     old.index, old.pid, incoming.pid)
+            with contextlib.suppress(ProcessLookupError):
+                old.process.send_signal(signal.SIGHUP)
+            self._retiring.append(old)
+        if not self._roll:
+            log.info("rolling restart done")
+
     def _shut_down(self) -> None:
         """Forward the stop signal, wait out the workers' drain, kill stragglers."""
         sig = self._stop_signal or signal.SIGTERM
+        if self._incoming is not None:  # a roll under way: its new worker stops too
+            self._retiring.append(self._incoming)
+            self._incoming = None
+        self._roll = []
         for worker in self.workers:
             worker.restart_at = None
         live = self._live()
@@ -378,7 +467,10 @@ class Supervisor:
         log.info("all workers stopped")
 
     def _kill_all(self) -> None:
-        for worker in self.workers:
+        if self._incoming is not None:
+            self._retiring.append(self._incoming)
+            self._incoming = None
+        for worker in [*self.workers, *self._retiring]:
             process = worker.process
             if process is None:
                 continue

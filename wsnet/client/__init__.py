@@ -256,6 +256,9 @@ class ChatClient:
                 self._send_raw(ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 self._send_raw(ws.send(event.response()))
+                if event.code == 1012:  # "service restart": come back now, not later
+                    self._attempt = 0
+                    self._up_since = 0.0
                 if event.code in FINAL_CLOSES:  # kicked: coming back would defeat it
                     self._closed = True
                     self._ready.append({"type": "closed", "code": event.code,
