@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from wsnet._http import Pending, Request, Response
+from wsnet._nodeview import NodeView
 from wsnet.handler import Handler
 from wsnet.metrics import CONTENT_TYPE, Metric, render
 
@@ -37,6 +38,22 @@ class Routes:
         self._statistics = statistics
         self._families = families
 
+    #: With ``--workers``: the whole node's view (``_nodeview``), else None.
+    node: NodeView | None = None
+
+    def status(self) -> dict[str, object]:
+        """``/healthz``'s fields for this process."""
+        return {**self._statistics(), **self._handler.status()}
+
+    def all_families(self) -> list[Metric]:
+        """The server's families, then the application's (left out if it fails)."""
+        families = self._families()
+        try:
+            return [*families, *self._handler.metrics()]
+        except Exception:
+            log.exception("application error in metrics")
+            return families
+
     def answer(self, request: Request) -> Response | Pending:
         handler = self._handler
         try:
@@ -50,12 +67,17 @@ class Routes:
             return Response.text(405, "method not allowed", ("Allow", "GET, HEAD"))
         if request.path == "/healthz":
             try:
+                if self.node is not None:
+                    code, body = self.node.health()
+                    return Response.json(code, body)
                 extra = handler.status()
             except Exception:
                 log.exception("application error in status")
                 return Response.text(500, _INTERNAL_ERROR)
             return Response.json(200, {**self._statistics(), **extra})
         if request.path == "/metrics":
+            if self.node is not None:
+                return Response(200, render(self.node.metrics()), content_type=CONTENT_TYPE)
             return self.metrics()
         if request.path in self._ws_paths:
             return Response.text(

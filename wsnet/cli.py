@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from wsnet._nodeview import INTERVAL as NODE_INTERVAL
+from wsnet._nodeview import NodeView
 from wsnet.chat import ChatApp, ChatSettings, valid_name
 from wsnet.chat.protocol import NAME_RULE, ROOM_RULE, valid_room
 from wsnet.chat.redis import RedisBackplane, redis_available
@@ -235,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     # SO_REUSEPORT, stop when the supervisor with this pid is gone).
     p.add_argument("--as-worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument("--listen-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
+    p.add_argument("--node-dir", metavar="DIR", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument(
         "--log-format", default="text", choices=["text", "json"],
         help="log lines as escaped text, or one JSON object each (default %(default)s)",
@@ -372,6 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         # Everything is checked (options, TLS files): the workers do the serving.
         return _supervise(list(sys.argv[1:] if argv is None else argv), args.workers, config)
+    return _serve(server, app, args, config)
+
+
+def _serve(server: Server, app: Handler, args: argparse.Namespace, config: Config) -> int:
+    """Listen (or take the supervisor's socket), say so, serve until stopped."""
     if args.as_worker_of is None:
         _ignore_hup()  # before the listening line: a reload right after must not kill us
     try:
@@ -387,9 +396,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(app, ChatApp) and isinstance(app.store, SqliteStore):
         sync = "FULL (--fsync)" if args.fsync else "NORMAL"
         logging.getLogger("wsnet").info("chat store: %s (synchronous=%s)", app.store.path, sync)
+    node = _join_node(server, args) if args.node_dir is not None else None
     server.serve_forever(hup_restarts=args.as_worker_of is not None)
+    if node is not None:
+        node.write()  # the last counts, for the supervisor to keep in the totals
     logging.getLogger("wsnet").info("stopped")
     return 0
+
+
+def _join_node(server: Server, args: argparse.Namespace) -> NodeView:
+    """A worker of ``--workers``: /metrics and /healthz answer for the whole
+    node, and this worker's snapshot is written every second for the others."""
+    routes = server._lifecycle.routes  # the package's own internals, not an application's
+    assert routes is not None
+    node = NodeView(args.node_dir, args.worker_index, routes.all_families, routes.status)
+    routes.node = node
+
+    def write() -> None:
+        try:
+            node.write()
+        except OSError as exc:
+            logging.getLogger("wsnet").warning("cannot write the node snapshot: %s", exc)
+        server.call_later(NODE_INTERVAL, write)
+
+    write()
+    return node
 
 
 def _ignore_hup() -> None:

@@ -37,15 +37,19 @@ import contextlib
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from wsnet._nodeview import fold, read_json, write_json
 from wsnet._parent import stop_with_parent
 from wsnet._reactor import shared_listener
 
@@ -74,14 +78,18 @@ STARTUP_DEADLINE = 30.0
 KILL_AFTER_GRACE = 3.0
 def worker_command(
     argv: Sequence[str], port: int, supervisor_pid: int, listen_fd: int,
+    *, node_dir: str | None = None, index: int = 1,
 ) -> list[str]:
     """The command line of one worker: the supervisor's options, then overrides
     (argparse keeps the last value of an option given twice)."""
-    return [
+    command = [
         sys.executable, "-m", "wsnet", *argv,
         "--workers", "1", "--port", str(port), "--as-worker-of", str(supervisor_pid),
         "--listen-fd", str(listen_fd),
     ]
+    if node_dir is not None:
+        command += ["--node-dir", node_dir, "--worker-index", str(index)]
+    return command
 
 
 def describe_exit(returncode: int) -> str:
@@ -156,6 +164,9 @@ class Supervisor:
         self._incoming: Worker | None = None
         self._retiring: list[Worker] = []
         self._hup = False
+        #: Where workers leave their snapshots for the node's /metrics and
+        #: /healthz (``_nodeview``); made by ``run``, removed when it returns.
+        self.node_dir: str | None = None
         self._out = out or (lambda line: print(line, flush=True))
         self._reserved: Closeable | None = None
         self._sel = selectors.DefaultSelector()
@@ -184,6 +195,7 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers, keep them running, stop them on a signal."""
         self.reserve()
+        self.node_dir = tempfile.mkdtemp(prefix="wsnet-node-")
         saved = self._install_signal_handlers()
         try:
             for worker in self.workers:
@@ -201,6 +213,8 @@ class Supervisor:
             self._sel.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if self.node_dir is not None:
+                shutil.rmtree(self.node_dir, ignore_errors=True)
             if self._reserved is not None:
                 self._reserved.close()
 
@@ -243,7 +257,8 @@ class Supervisor:
         try:
             fd = self._listen_fd()
             process = subprocess.Popen(
-                worker_command(self.argv, self.port, os.getpid(), fd),
+                worker_command(self.argv, self.port, os.getpid(), fd,
+                               node_dir=self.node_dir, index=worker.index),
                 pass_fds=(fd,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -260,6 +275,7 @@ class Supervisor:
         self._sel.register(process.stdout, selectors.EVENT_READ, worker)
         verb = "restarted" if restarted else "started"
         log.info("worker %d %s (pid %d)", worker.index, verb, process.pid)
+        self._publish()
 
     def _schedule_restart(self, worker: Worker, now: float) -> float:
         if worker.started_at and now - worker.started_at >= STABLE_AFTER:
@@ -283,7 +299,34 @@ class Supervisor:
             self._sel.unregister(process.stdout)
         process.stdout.close()
         worker.process = None
+        self._retire(process.pid)
         return returncode
+
+    # -- the node's view -------------------------------------------------------
+
+    def _publish(self) -> None:
+        """``supervisor.json``: how many workers there should be, and which
+        processes are running (workers, draining ones, a replacement)."""
+        if self.node_dir is None:
+            return
+        pids = [w.pid for w in [*self.workers, *self._retiring, self._incoming]
+                if w is not None and w.process is not None]
+        write_json(Path(self.node_dir) / "supervisor.json",
+                   {"expected": len(self.workers), "pids": pids, "pid": os.getpid()})
+
+    def _retire(self, pid: int) -> None:
+        """A worker is gone: its last counts join ``retired.json`` (so the
+        node's totals do not go back), and its snapshot goes."""
+        if self.node_dir is None:
+            return
+        directory = Path(self.node_dir)
+        snapshot = read_json(directory / f"worker-{pid}.json")
+        if isinstance(snapshot, dict):
+            retired = read_json(directory / "retired.json") or {}
+            write_json(directory / "retired.json", fold(retired, snapshot))
+        self._publish()
+        with contextlib.suppress(OSError):
+            (directory / f"worker-{pid}.json").unlink()
 
     def _exited(self) -> list[tuple[Worker, int, int]]:
         """Reap every worker that ended: (worker, its pid, its exit status).
