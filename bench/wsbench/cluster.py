@@ -58,7 +58,7 @@ def start_bench_redis(workdir: Path) -> RedisServer:
 def wsnet_node_command(workers: int, redis_url: str) -> list[str]:
     """One wsnet node: the benchmark's usual options, ``--workers N`` on Redis."""
     return with_parent_death([
-        *wsnet_command(False, None), "--workers", str(workers), "--redis", redis_url,
+        *wsnet_command(False, None, store=False), "--workers", str(workers), "--redis", redis_url,
     ])
 
 

@@ -39,12 +39,13 @@ class ServerKind:
         return self.name if flush_ms is None else f"{self.name} (flush {flush_ms:g} ms)"
 
 
-def wsnet_command(deflate: bool, flush_ms: float | None) -> list[str]:
+def wsnet_command(deflate: bool, flush_ms: float | None, *, store: bool = True) -> list[str]:
     # The default config, except the per-client rate limit (a benchmark sender
     # exceeds 50 msg/s by design) and the store: history in memory, as the
-    # peers keep it (the store scenario measures the durable default).
+    # peers keep it (the store scenario measures the durable default; with
+    # Redis, ``store=False``, Redis keeps it and there is no store to choose).
     argv = [sys.executable, "-m", "wsnet", "--port", "0", "--log-level", "warning"]
-    argv += ["--rate-limit", "0", "--store", "memory"]
+    argv += ["--rate-limit", "0", *(["--store", "memory"] if store else [])]
     if flush_ms is not None:
         argv += ["--flush-interval-ms", f"{flush_ms:g}"]
     return argv
@@ -135,8 +136,9 @@ class ServerProcess:
         found = LineReader(self.proc.stdout).wait(URL_LINE, timeout)
         if found is not None:
             return int(found.group(1))
+        why = self.stderr()  # before stop(), which closes the log
         self.stop()
-        raise RuntimeError(f"server did not start: {' '.join(self.argv)}\n{self.stderr()}")
+        raise RuntimeError(f"server did not start: {' '.join(self.argv)}\n{why}")
 
     @property
     def pid(self) -> int:
