@@ -124,3 +124,16 @@ def test_healthz_is_503_while_a_worker_is_stuck(node: ServerProcess) -> None:
     finally:
         os.kill(frozen, signal.SIGCONT)
     wait_for("200 again", lambda: healthz(node.port)[0] == 200, timeout=20)
+
+
+@pytest.mark.live
+def test_healthz_is_503_while_redis_is_down(node: ServerProcess, redis_server: RedisServer) -> None:
+    redis_server.stop()
+    try:
+        _, body = wait_for("a 503", lambda: (r if (r := healthz(node.port))[0] == 503
+                                             else None), timeout=20)
+        problems = body["problems"]
+        assert isinstance(problems, list) and any("backplane" in p for p in problems)
+    finally:
+        redis_server.start()
+    wait_for("200 again", lambda: healthz(node.port)[0] == 200, timeout=30)

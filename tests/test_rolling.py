@@ -25,7 +25,7 @@ pytestmark = pytest.mark.live
 
 @dataclass
 class ConnectLoop:
-    """A client that connects, asks ``/healthz`` and hangs up, over and over
+    """A client that connects, asks ``/metrics`` and hangs up, over and over
     (bounded: ``limit`` tries), counting what did not get a 200."""
 
     port: int
@@ -40,7 +40,7 @@ class ConnectLoop:
         self._thread.start()
 
     def _run(self) -> None:
-        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         for _ in range(self.limit):
             if self._stop.is_set():
                 return
@@ -131,7 +131,7 @@ def test_connections_queued_for_a_worker_that_crashes_are_not_lost(
     try:
         for _ in range(20):
             sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             clients.append(sock)
         os.kill(victim, signal.SIGKILL)
         wait_for("the killed worker to go", lambda: victim not in children(server.pid) or None)
