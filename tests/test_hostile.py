@@ -736,6 +736,11 @@ def test_slow_consumer_is_closed_1008_memory_bounded_others_unaffected(
     frames, rest = parse_frames(stream[0])
     assert rest == b"", "the stream ended inside a frame"
     assert frames[-1].opcode == OP_CLOSE and frames[-1].close_code == 1008, frames[-1]
+    # What the kernel held for it is bounded too: the outbox limit, the socket's
+    # send buffer (doubled by Linux), the small receive window and one frame —
+    # not the megabytes loopback autotuning would allow.
+    bound = limit + 2 * DEFAULTS.socket_send_buffer + 16 * KIB + 8 * KIB
+    assert len(stream[0]) < bound, (len(stream[0]), bound)
     assert all(f.opcode == OP_TEXT and not f.rsv1 for f in frames[:-1])
     events = [e for f in frames[:-1] for e in json.loads(f.payload)]
     assert events[0]["type"] == "welcome"

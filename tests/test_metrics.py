@@ -5,6 +5,7 @@ with real traffic, and the ``Handler.metrics`` hook."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 import time
@@ -219,6 +220,17 @@ def test_close_code_labels_fold_private_codes() -> None:
     assert close_code_label(1006) == "1006"
     assert close_code_label(3000) == close_code_label(3999) == "3xxx"
     assert close_code_label(4000) == close_code_label(4999) == "4xxx"
+
+
+def test_garbage_collections_are_timed_by_generation() -> None:
+    metrics = ServerMetrics()
+    before = value(parse(render(metrics.families()).decode())[1],
+                   "wsnet_gc_pause_seconds_count", generation="2")
+    gc.collect()
+    gc.collect()
+    after = value(parse(render(metrics.families()).decode())[1],
+                  "wsnet_gc_pause_seconds_count", generation="2")
+    assert after == before + 2
 
 
 def test_server_families_parse() -> None:

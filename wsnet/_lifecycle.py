@@ -84,7 +84,7 @@ class Link:
 
     __slots__ = (
         "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "timer", "bucket",
-        "over_limit", "started", "bytes_in", "messages_in", "path", "via",
+        "over_limit", "started", "bytes_in", "messages_in", "path", "via", "heard",
     )
 
     def __init__(
@@ -108,6 +108,8 @@ class Link:
         self.path = "-"
         #: The socket's own peer, when a trusted proxy named the client in ``conn.peer``.
         self.via: tuple[str, int] | None = None
+        #: ``bytes_in`` when keepalive last looked: more since means the peer is alive.
+        self.heard = 0
 
     @property
     def is_open(self) -> bool:
@@ -149,6 +151,7 @@ class Lifecycle:
             flush_interval=config.flush_interval,
             high_water=config.outbox_high_water,
             ssl_context=ssl_context,
+            send_buffer=config.socket_send_buffer,
         )
         self.metrics = ServerMetrics()
         self.fanout = Fanout(config.outbox_limit, reactor.mark_dirty, self.metrics)
@@ -345,6 +348,7 @@ class Lifecycle:
         self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         if cfg.rate_limit > 0:
             link.bucket = TokenBucket(cfg.rate_burst, self.reactor.clock())
+        link.heard = link.bytes_in  # the handshake does not count as having spoken
         self._arm(link, cfg.ping_interval or None, self._ping)
         conn.request = request
         self.call_app(link, self.handler.on_open, conn)
@@ -449,8 +453,15 @@ class Lifecycle:
             link.timer = self.reactor.call_later(delay, partial(action, link))
 
     def _ping(self, link: Link) -> None:
+        """Ping a connection that said nothing for a whole interval. One that
+        did is alive, and needs no ping: at 100,000 clients the pings and pongs
+        of chatty connections alone would be thousands of frames a second."""
         session = link.session
         if link.phase is not OPEN or session is None:
+            return
+        if link.bytes_in != link.heard:
+            link.heard = link.bytes_in
+            self._arm(link, self.config.ping_interval, self._ping)
             return
         session.ping(b"wsnet")
         self.reactor.mark_dirty(link.ch)
@@ -467,6 +478,7 @@ class Lifecycle:
             session.fail(1011, "keepalive ping timeout")
             self._after_websocket(link)
             return
+        link.heard = link.bytes_in  # the pong itself is not news
         self._arm(link, max(0.0, cfg.ping_interval - cfg.ping_timeout), self._ping)
 
     def drop(self, link: Link) -> None:

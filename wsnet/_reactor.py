@@ -57,10 +57,13 @@ class Reactor:
         high_water: int,
         ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
+        send_buffer: int = 0,
     ) -> None:
         self.protocol = protocol
         self.ssl_context = ssl_context
         self.high_water = high_water
+        #: SO_SNDBUF for accepted sockets (0: the kernel's own, autotuned).
+        self.send_buffer = send_buffer
         #: Timers, the tick, stop requests; ``clock``, ``timers``, ``call_later``
         #: and ``cancel`` below are its own.
         self.loop = loop = Loop(flush_interval=flush_interval, tick=self._tick_and_flush,
@@ -413,6 +416,8 @@ class _Acceptor:
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if reactor.send_buffer:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, reactor.send_buffer)
                 if reactor.ssl_context is not None:
                     sock = reactor.ssl_context.wrap_socket(
                         sock, server_side=True, do_handshake_on_connect=False,

@@ -3,11 +3,15 @@ core; built from the public ``wsnet.metrics`` types."""
 
 from __future__ import annotations
 
+import gc
 import os
+import time
+from typing import Any
 
 from wsnet.metrics import Counter, Gauge, Histogram, Metric
 
-__all__ = ["RECIPIENT_BUCKETS", "ServerMetrics", "close_code_label", "process_rss_bytes"]
+__all__ = ["GC_PAUSES", "RECIPIENT_BUCKETS", "ServerMetrics", "close_code_label",
+           "process_rss_bytes"]
 
 #: Recipients per broadcast: one client, a room, a big room, everyone.
 RECIPIENT_BUCKETS = (1, 10, 100, 1000, 10000, 100000)
@@ -33,6 +37,38 @@ def process_rss_bytes() -> int | None:
         return None
 
 
+class GcPauses:
+    """The cyclic garbage collector's pauses, by generation (``gc.callbacks``):
+    a single-threaded loop stands still while one runs, so a long one is a
+    latency spike every client sees. One per process, as the collector is."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(
+            "wsnet_gc_pause_seconds",
+            "Pauses of CPython's cyclic garbage collector, by generation.",
+            (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            ["generation"],
+        )
+        self._children = [self.histogram.labels(g) for g in range(3)]
+        self._started = 0.0
+        self._installed = False
+
+    def install(self) -> None:
+        if not self._installed:
+            gc.callbacks.append(self._callback)
+            self._installed = True
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            self._started = 0.0
+
+
+GC_PAUSES = GcPauses()
+
+
 class ServerMetrics:
     """What ``Server`` counts. Counters move where the event happens; gauges
     are set when ``/metrics`` is scraped."""
@@ -55,6 +91,7 @@ class ServerMetrics:
     )
 
     def __init__(self) -> None:
+        GC_PAUSES.install()
         self.connections = Gauge("wsnet_connections", "Open WebSocket connections.")
         self.sockets_accepted = Counter(
             "wsnet_sockets_accepted_total",
@@ -123,6 +160,7 @@ class ServerMetrics:
             self.keepalive_timeouts,
             self.closes,
             self.uptime,
+            GC_PAUSES.histogram,
         ]
         rss = process_rss_bytes()
         if rss is not None:

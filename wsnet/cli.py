@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"bytes queued for one client before it is closed 1008 (default {d.outbox_limit})",
     )
     p.add_argument(
+        "--send-buffer-bytes",
+        type=int,
+        help=f"the kernel's send buffer per client (SO_SNDBUF), 0 = the kernel's autotuning "
+        f"(default {d.socket_send_buffer})",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         help="open WebSockets allowed; more get 503 (default: what the descriptor limit allows)",
@@ -220,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers", type=int, default=1,
-        help="reactor processes sharing the port (SO_REUSEPORT) under a supervisor that "
+        help="reactor processes sharing one listening socket under a supervisor that "
         "restarts crashed ones; more than 1 needs --redis (default 1)",
     )
     p.add_argument(
@@ -233,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --redis: seconds after which a silent node's members are removed "
         "from presence (default %(default)g)",
     )
-    # Internal: how the supervisor of --workers starts each worker (listen with
-    # SO_REUSEPORT, stop when the supervisor with this pid is gone).
+    # Internal: how the supervisor of --workers starts each worker (accept on
+    # the inherited socket FD, stop when the supervisor with this pid is gone,
+    # leave snapshots in the node's directory).
     p.add_argument("--as-worker-of", type=int, metavar="PID", help=argparse.SUPPRESS)
     p.add_argument("--listen-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
     p.add_argument("--node-dir", metavar="DIR", help=argparse.SUPPRESS)
@@ -275,6 +282,7 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         flush_interval=_given(None if ms is None else ms / 1000, preferred.flush_interval),
         max_message_bytes=_given(args.max_message_bytes, preferred.max_message_bytes),
         outbox_limit=_given(args.outbox_limit_bytes, preferred.outbox_limit),
+        socket_send_buffer=_given(args.send_buffer_bytes, preferred.socket_send_buffer),
         max_connections=_given(args.max_connections, preferred.max_connections),
         ping_interval=_given(args.ping_interval, preferred.ping_interval),
         ping_timeout=_given(args.ping_timeout, preferred.ping_timeout),

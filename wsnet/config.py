@@ -73,6 +73,13 @@ class Config:
     #: Above this many queued bytes the peer is not read from until it drains,
     #: so a client cannot make us queue replies faster than it takes them.
     outbox_high_water: int = 256 * 1024
+    #: The kernel's send buffer per client socket (SO_SNDBUF; Linux doubles it
+    #: for its bookkeeping). Left to autotuning, a client that stops reading
+    #: lets it grow to ~4 MiB on loopback before our outbox (and its limit) sees
+    #: a byte, which at 100,000 clients is far beyond the machine. 128 KiB keeps
+    #: a chat's throughput (a tick's frames are kilobytes) and bounds a stalled
+    #: client to about outbox_limit plus this. 0 leaves the kernel's default.
+    socket_send_buffer: int = 128 * 1024
     #: Upgraded connections allowed at once; beyond it the upgrade gets 503.
     #: 0 means "what the descriptor limit allows" (see default_max_connections).
     max_connections: int = 0
@@ -158,6 +165,8 @@ class Config:
                 problems.append(f"{name} must be > 0")
         if self.ping_interval < 0 or self.ping_timeout <= 0:
             problems.append("ping_interval must be >= 0 and ping_timeout > 0")
+        if self.socket_send_buffer < 0:
+            problems.append("socket_send_buffer must be >= 0")
         if self.max_connections < 0 or self.max_connections_per_ip < 0:
             problems.append("max_connections and max_connections_per_ip must be >= 0")
         if self.rate_limit < 0 or self.rate_burst < 1 or self.rate_limit_close_after < 1:
