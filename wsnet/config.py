@@ -112,9 +112,9 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
 
-    #: Keepalive: a ping every ping_interval seconds (every ping_timeout if that
-    #: is longer), and a close (1011) if no pong arrives within ping_timeout.
-    #: ping_interval 0 disables keepalive.
+    #: Keepalive: a ping after ping_interval seconds in which the client sent
+    #: nothing (one that talks is alive: pinging it would only cost frames), and
+    #: a close (1011) if no pong arrives within ping_timeout. 0 disables it.
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: How long we wait for the peer's close frame, and then for its FIN, before
