@@ -12,7 +12,8 @@ import time
 from collections import Counter
 
 import pytest
-from support.servers import InProcessFactory
+from support.rawclient import http_get
+from support.servers import InProcessFactory, ServerFactory
 from support.waiting import wait_for
 
 from wsnet.chat import ChatApp
@@ -56,3 +57,29 @@ def test_closed_connections_leave_no_cyclic_garbage(inprocess_server: InProcessF
         if was_enabled:
             gc.enable()
     assert ours == Counter(), ours.most_common(5)
+
+
+def frozen(port: int) -> float:
+    response = http_get(port, "/metrics")
+    line = next(line for line in response.body.decode().splitlines()
+                if line.startswith("wsnet_gc_frozen_objects "))
+    return float(line.split()[1])
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_burst_of_connections_is_frozen_out_of_the_collectors_way(
+    server_factory: ServerFactory, freeze: bool,
+) -> None:
+    server = server_factory(*([] if freeze else ["--no-gc-freeze"]))
+    socks = [upgrade(server.port, i) for i in range(1100)]
+    try:
+        if freeze:
+            # Past 1,000 accepts and a quiet second, the next tick freezes them.
+            wait_for("the freeze", lambda: frozen(server.port) > 1100 * 10, timeout=10)
+        else:
+            time.sleep(1.5)  # the same quiet second: nothing must happen
+            assert frozen(server.port) == 0
+    finally:
+        for sock in socks:
+            sock.close()
+    assert http_get(server.port, "/healthz").status == 200

@@ -18,6 +18,7 @@ ARCHITECTURE.md, "The connection lifecycle", has the table with its reasons.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -76,6 +77,12 @@ def _release(counts: dict[str, int], key: str) -> None:
         counts[key] = left
     else:
         del counts[key]
+
+
+#: WebSockets opened after which the collector's objects are frozen, once
+#: upgrades pause for GC_FREEZE_QUIET seconds (``Config.gc_freeze``).
+GC_FREEZE_AFTER = 1000
+GC_FREEZE_QUIET = 1.0
 
 
 class _Forgotten:
@@ -191,6 +198,8 @@ class Lifecycle:
         self._next_id = 0
         self.routes: Routes | None = None  # set by the server, which knows its statistics
         self.proxies = TrustedProxies(config.forwarded_allow_ips)
+        self._accepted_unfrozen = 0  # WebSockets opened since the last gc.freeze
+        self._last_accept = 0.0
         self._scheme = "https" if ssl_context is not None else "http"
 
     # -- the reactor's protocol ----------------------------------------------
@@ -222,6 +231,17 @@ class Lifecycle:
         if self.fanout.slow:
             for link in self.fanout.take_slow():
                 self._close_slow(link)
+        if (self._accepted_unfrozen >= GC_FREEZE_AFTER and self.config.gc_freeze
+                and self.reactor.clock() - self._last_accept >= GC_FREEZE_QUIET):
+            self._freeze()
+
+    def _freeze(self) -> None:
+        """A burst of connections is in: the young generations are collected
+        (cheap), then everything that survived is frozen (``Config.gc_freeze``)."""
+        self._accepted_unfrozen = 0
+        gc.collect(1)
+        gc.freeze()
+        log.debug("gc: %d objects frozen", gc.get_freeze_count())
 
     # -- HTTP phase ----------------------------------------------------------
 
@@ -368,6 +388,9 @@ class Lifecycle:
             deflate_min_bytes=cfg.deflate_min_bytes,
         )
         link.enter(OPEN)
+        # Long-lived records are made now: a burst of them is what gc_freeze is for.
+        self._accepted_unfrozen += 1
+        self._last_accept = self.reactor.clock()
         # The configured path itself (shared by every connection), never the query.
         link.path = next((p for p in cfg.ws_paths if p == request.path), "-")
         self.open += 1

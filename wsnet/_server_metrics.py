@@ -43,6 +43,10 @@ class GcPauses:
     latency spike every client sees. One per process, as the collector is."""
 
     def __init__(self) -> None:
+        self.frozen = Gauge(
+            "wsnet_gc_frozen_objects",
+            "Objects in the collector's permanent generation (Config.gc_freeze).",
+        )
         self.histogram = Histogram(
             "wsnet_gc_pause_seconds",
             "Pauses of CPython's cyclic garbage collector, by generation.",
@@ -161,7 +165,9 @@ class ServerMetrics:
             self.closes,
             self.uptime,
             GC_PAUSES.histogram,
+            GC_PAUSES.frozen,
         ]
+        GC_PAUSES.frozen.value = gc.get_freeze_count()
         rss = process_rss_bytes()
         if rss is not None:
             self.rss.value = rss

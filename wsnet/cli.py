@@ -65,6 +65,34 @@ def _read_api_key(path: str | None) -> bytes | None:
     return key
 
 
+def _add_token_options(p: argparse.ArgumentParser) -> None:
+    """Minting tokens, and what they grant."""
+    p.add_argument(
+        "--mint-token",
+        metavar="NAME",
+        help="print a signed chat token for NAME (secret from the file or environment) and exit",
+    )
+    p.add_argument(
+        "--token-ttl", type=int, default=86400, help="lifetime of a minted token in seconds",
+    )
+    p.add_argument(
+        "--room", dest="grant_rooms", action="append", default=[], metavar="ROOM",
+        help="with --mint-token: the token may join ROOM (a name, or prefix*), repeatable",
+    )
+    p.add_argument(
+        "--read-only-room", dest="read_only_rooms", action="append", default=[],
+        metavar="ROOM", help="with --mint-token: the token may read ROOM but not write to it",
+    )
+    p.add_argument(
+        "--claim-ttl", type=int, metavar="SECONDS",
+        help="with --mint-token: the room grants end after SECONDS (default: with the token)",
+    )
+    p.add_argument(
+        "--rooms-require-claim", action="store_true",
+        help="every room needs a token's grant, not only private:... rooms",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(
@@ -150,31 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"file holding the HTTP API's key (or set {API_KEY_ENV}); the chat then "
         "serves /api/ to callers with 'Authorization: Bearer <key>'",
     )
-    p.add_argument(
-        "--mint-token",
-        metavar="NAME",
-        help="print a signed chat token for NAME (secret from the file or environment) and exit",
-    )
-    p.add_argument(
-        "--token-ttl", type=int, default=86400, help="lifetime of a minted token in seconds",
-    )
-    p.add_argument(
-        "--room", dest="grant_rooms", action="append", default=[], metavar="ROOM",
-        help="with --mint-token: the token may join ROOM (a name, or prefix*), repeatable",
-    )
-    p.add_argument(
-        "--read-only-room", dest="read_only_rooms", action="append", default=[],
-        metavar="ROOM", help="with --mint-token: the token may read ROOM but not write to it",
-    )
-    p.add_argument(
-        "--claim-ttl", type=int, metavar="SECONDS",
-        help="with --mint-token: the room grants end after SECONDS (default: with the token)",
-    )
-    p.add_argument(
-        "--rooms-require-claim", action="store_true",
-        help="every room needs a token's grant, not only private:... rooms",
-    )
+    _add_token_options(p)
     p.add_argument("--no-deflate", action="store_true", help="do not negotiate permessage-deflate")
+    p.add_argument(
+        "--no-gc-freeze", action="store_true",
+        help="do not freeze the garbage collector's objects after bursts of connections",
+    )
     p.add_argument(
         "--ping-interval", type=float, help=f"seconds between keepalive pings, 0 = off "
         f"(default {d.ping_interval:g})",
@@ -297,6 +306,7 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         keyfile=_given(args.keyfile, preferred.keyfile),
         deflate=False if args.no_deflate else preferred.deflate,
         access_log=False if args.no_access_log else preferred.access_log,
+        gc_freeze=not args.no_gc_freeze,
     )
 
 
