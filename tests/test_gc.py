@@ -70,7 +70,7 @@ def frozen(port: int) -> float:
 def test_a_burst_of_connections_is_frozen_out_of_the_collectors_way(
     server_factory: ServerFactory, freeze: bool,
 ) -> None:
-    server = server_factory(*([] if freeze else ["--no-gc-freeze"]))
+    server = server_factory(*(["--gc-freeze"] if freeze else []))
     socks = [upgrade(server.port, i) for i in range(1100)]
     try:
         if freeze:

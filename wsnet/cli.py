@@ -181,8 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token_options(p)
     p.add_argument("--no-deflate", action="store_true", help="do not negotiate permessage-deflate")
     p.add_argument(
-        "--no-gc-freeze", action="store_true",
-        help="do not freeze the garbage collector's objects after bursts of connections",
+        "--gc-freeze", action="store_true",
+        help="freeze the garbage collector's objects after bursts of new WebSockets "
+        "(experimental: see README)",
     )
     p.add_argument(
         "--ping-interval", type=float, help=f"seconds between keepalive pings, 0 = off "
@@ -306,7 +307,7 @@ def config_from_args(args: argparse.Namespace, app: type[Handler]) -> Config:
         keyfile=_given(args.keyfile, preferred.keyfile),
         deflate=False if args.no_deflate else preferred.deflate,
         access_log=False if args.no_access_log else preferred.access_log,
-        gc_freeze=not args.no_gc_freeze,
+        gc_freeze=args.gc_freeze or preferred.gc_freeze,
     )
 
 
