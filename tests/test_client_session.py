@@ -111,6 +111,18 @@ def test_unavailable_keeps_a_message_other_refusals_drop_it() -> None:
     assert s.resend_unavailable() == []  # sent once per try
 
 
+def test_a_read_only_room_stays_joined_when_a_message_is_refused() -> None:
+    s = ClientSession(token="t")
+    s.join("news")
+    connected(s)
+    s.receive(frame(presence("news", "e1", 4)))
+    cid, _ = s.send("news", "may I?")
+    got, _ = s.receive(frame({"type": "error", "error": "forbidden", "detail": "read only",
+                              "room": "news", "cid": cid}))
+    assert [e["error"] for e in got] == ["forbidden"] and cid not in s.outbox
+    assert "news" in s.rooms and s.rooms["news"].seq == 4  # still there, still resumed
+
+
 def test_a_forbidden_room_is_not_resumed_and_an_unasked_lobby_is_left() -> None:
     s = ClientSession(token="t")
     s.join("private:ops")

@@ -214,8 +214,8 @@ class ClientSession:
         if item is not None:
             del self.outbox[item.cid]
         room = event.get("room")
-        if event.get("error") == "forbidden" and isinstance(room, str):
-            self.rooms.pop(room, None)  # refused: not ours to resume
+        if event.get("error") == "forbidden" and item is None and isinstance(room, str):
+            self.rooms.pop(room, None)  # a join refused: not ours to resume
         deliver.append(event)
 
     # -- frames ----------------------------------------------------------------
