@@ -115,8 +115,13 @@ def test_healthz_is_503_while_a_worker_is_stuck(node: ServerProcess) -> None:
     os.kill(frozen, signal.SIGSTOP)
     try:
         # Scrapes the frozen worker would take wait in the queue; the others answer.
-        _, body = wait_for("a 503", lambda: (r if (r := healthz(node.port))[0] == 503
-                                             else None), timeout=20)
+        def stuck_reported() -> tuple[int, dict[str, object]] | None:
+            status, body = healthz(node.port)
+            workers = body.get("workers")
+            down = isinstance(workers, list) and any(not w["up"] for w in workers)
+            return (status, body) if status == 503 and down else None
+
+        _, body = wait_for("a 503 naming the stuck worker", stuck_reported, timeout=20)
         assert body["status"] == "degraded" and body["problems"]
         workers = body["workers"]
         assert isinstance(workers, list)
