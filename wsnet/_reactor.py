@@ -94,12 +94,7 @@ class Reactor:
                 sock.detach()
                 raise OSError(f"descriptor {fd} is not a listening socket")
         else:
-            sock = _bound(host, port, reuse_addr=True, reuse_port=reuse_port)
-            try:
-                sock.listen(backlog)
-            except OSError:
-                sock.close()
-                raise
+            sock = _listening(host, port, backlog, reuse_port=reuse_port)
         sock.setblocking(False)
         self._acceptor = _Acceptor(self, sock, SHARED_ACCEPT_BATCH if fd is not None else None)
         bound = sock.getsockname()
@@ -493,13 +488,19 @@ def shared_listener(host: str, port: int, backlog: int) -> socket.socket:
     as made; each worker sets its descriptor non-blocking (the flag is shared,
     which every worker wants). Raises OSError (EADDRINUSE, ...) like ``listen``.
     """
-    sock = _bound(host, port, reuse_addr=True, reuse_port=False)
+    sock = _listening(host, port, backlog, reuse_port=False)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _listening(host: str, port: int, backlog: int, *, reuse_port: bool) -> socket.socket:
+    """Bound (SO_REUSEADDR) and listening; closed again if ``listen`` fails."""
+    sock = _bound(host, port, reuse_addr=True, reuse_port=reuse_port)
     try:
         sock.listen(backlog)
     except OSError:
         sock.close()
         raise
-    sock.set_inheritable(True)
     return sock
 
 
