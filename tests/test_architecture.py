@@ -244,6 +244,11 @@ class Recorder:
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None:
         raise AssertionError("no listener here")
 
+    def connection_handed(
+        self, sock: socket.socket, peer: tuple[str, int], data: bytes,
+    ) -> Channel | None:
+        raise AssertionError("no hand-offs here")
+
     def tick(self) -> None: ...
     def data_received(self, ch: Channel, data: bytes) -> None: ...
     def eof_received(self, ch: Channel) -> None: ...

@@ -429,9 +429,9 @@ def test_pages_on_two_workers_chat_through_redis(
     server_factory: ServerFactory, chat_page: ChatPageFactory, redis_server: RedisServer,
 ) -> None:
     """With a backplane the join answer comes a Redis round trip after the
-    welcome, and the page must wait for it before resending. (The kernel spreads
-    the pages over the workers; tests/test_workers.py proves rooms span them.)"""
-    server = server_factory("--workers", "2", "--redis", redis_server.url)
+    welcome, and the page must wait for it before resending. (Without affinity the
+    pages spread over the workers; tests/test_workers.py proves rooms span them.)"""
+    server = server_factory("--workers", "2", "--redis", redis_server.url, "--no-affinity")
     pages = [chat_page(server.port) for _ in range(4)]
     names = ["ann", "bob", "cy", "dee"]
     for page, name in zip(pages, names, strict=True):

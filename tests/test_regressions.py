@@ -135,6 +135,11 @@ class _TickFailsOnce:
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel:
         raise AssertionError("no connections expected")
 
+    def connection_handed(
+        self, sock: socket.socket, peer: tuple[str, int], data: bytes,
+    ) -> Channel | None:
+        raise AssertionError("no hand-offs here")
+
     def data_received(self, ch: Channel, data: bytes) -> None: ...
     def eof_received(self, ch: Channel) -> None: ...
     def connection_lost(self, ch: Channel, exc: OSError | None) -> None: ...

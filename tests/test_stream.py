@@ -21,6 +21,11 @@ class NoServer:
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None:
         raise AssertionError("no listener here")
 
+    def connection_handed(
+        self, sock: socket.socket, peer: tuple[str, int], data: bytes,
+    ) -> Channel | None:
+        raise AssertionError("no hand-offs here")
+
     def tick(self) -> None: ...
 
 

@@ -54,7 +54,11 @@ class Channel:
 
 
 class ReactorProtocol(Protocol):
-    """What the reactor calls on the server: a new connection, and the tick."""
+    """What the reactor calls on the server: a new connection (accepted, or
+    handed over by another worker with the bytes it read), and the tick."""
 
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None: ...
+    def connection_handed(
+        self, sock: socket.socket, peer: tuple[str, int], data: bytes,
+    ) -> Channel | None: ...
     def tick(self) -> None: ...

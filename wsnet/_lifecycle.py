@@ -32,6 +32,7 @@ from wsnet._fanout import Fanout
 from wsnet._forwarded import TrustedProxies
 from wsnet._http import Pending, Request, Response, keep_alive, render_response
 from wsnet._limits import TokenBucket
+from wsnet._placement import LoadBoard, owner
 from wsnet._reactor import Reactor
 from wsnet._routes import Routes
 from wsnet._server_metrics import ServerMetrics, close_code_label
@@ -107,7 +108,7 @@ class Link:
 
     __slots__ = (
         "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "timer", "bucket",
-        "over_limit", "started", "bytes_in", "messages_in", "path", "via", "heard",
+        "over_limit", "started", "bytes_in", "messages_in", "path", "via", "heard", "first",
     )
 
     def __init__(
@@ -133,6 +134,9 @@ class Link:
         self.via: tuple[str, int] | None = None
         #: ``bytes_in`` when keepalive last looked: more since means the peer is alive.
         self.heard = 0
+        #: Every byte read before the first answer, while this connection may still
+        #: be handed to the worker that owns its key (``_placement``); else None.
+        self.first: bytes | None = b"" if lifecycle.board is not None else None
 
     @property
     def is_open(self) -> bool:
@@ -163,6 +167,8 @@ class Link:
         if phase is OPEN or phase is CLOSING:
             self.lifecycle.feed_websocket(self, data)
         elif phase is HTTP:
+            if self.first is not None:
+                self.first += data
             self.lifecycle.feed_http(self, data)
         # DONE: the peer's remaining bytes are read and dropped until its EOF.
 
@@ -201,11 +207,33 @@ class Lifecycle:
         self._accepted_unfrozen = 0  # WebSockets opened since the last gc.freeze
         self._last_accept = 0.0
         self._scheme = "https" if ssl_context is not None else "http"
+        #: With ``--workers``: the node's load board; connections whose key
+        #: another worker owns are handed to it (``_placement``). Set before
+        #: the first connection is accepted.
+        self.board: LoadBoard | None = None
 
     # -- the reactor's protocol ----------------------------------------------
 
     def connection_made(self, sock: socket.socket, peer: tuple[str, int]) -> Channel | None:
         self.metrics.sockets_accepted.value += 1
+        link = self._new_link(sock, peer)
+        return None if link is None else link.ch
+
+    def connection_handed(
+        self, sock: socket.socket, peer: tuple[str, int], data: bytes,
+    ) -> Channel | None:
+        """A connection another worker accepted and handed here, because this
+        worker owns its key: served as if accepted here, from the bytes that
+        worker read, and never handed on again."""
+        link = self._new_link(sock, peer)
+        if link is None:
+            return None
+        self.metrics.handoffs.labels("received").value += 1
+        link.first = None
+        link.data_received(link.ch, data)
+        return link.ch
+
+    def _new_link(self, sock: socket.socket, peer: tuple[str, int]) -> Link | None:
         per_ip = self.config.max_connections_per_ip
         ip = peer[0]
         if self.proxies and self.proxies.trusts(ip):
@@ -224,9 +252,11 @@ class Lifecycle:
             self.config.handshake_timeout, partial(self.drop, link),
         )
         self.links.add(link)
-        return link.ch
+        return link
 
     def tick(self) -> None:
+        if self.board is not None and not self.stopping:
+            self.board.write(len(self.links))
         self.call_app(None, self.handler.on_tick)
         if self.fanout.slow:
             for link in self.fanout.take_slow():
@@ -296,6 +326,7 @@ class Lifecycle:
 
     def _wait(self, link: Link, request: Request, pending: Pending) -> None:
         """The application answers later; until then the peer's bytes are held."""
+        link.first = None
         link.pending = pending
         self._arm(link, self.config.handshake_timeout, self._late)
 
@@ -320,6 +351,7 @@ class Lifecycle:
     def _answered(self, link: Link, request: Request, response: Response) -> bool:
         """Write the response; True if the connection stays for another request
         (keep-alive, the server not stopping, and not too much unread already)."""
+        link.first = None
         keep = (keep_alive(request) and not self.stopping
                 and link.ch.outbox.nbytes < self.config.outbox_high_water)
         if not keep:
@@ -349,6 +381,8 @@ class Lifecycle:
         if isinstance(decision, Response):
             self._refuse(link, decision, request)
             return
+        if link.first is not None and self._handed_off(link, request):
+            return
         try:
             verdict = self.handler.on_upgrade(request)
         except Exception:
@@ -360,11 +394,48 @@ class Lifecycle:
             link.conn.identity = verdict
             self._upgrade(link, request, decision)
 
+    def _handed_off(self, link: Link, request: Request) -> bool:
+        """Hand the connection to the worker that owns its key, if another
+        does and has room (``_placement``); True if it went: no longer ours."""
+        board = self.board
+        data, link.first = link.first, None
+        assert board is not None and data is not None
+        try:
+            key = self.handler.affinity(request)
+        except Exception:
+            log.exception("application error in affinity")
+            return False
+        if key is None:
+            return False
+        outcomes = self.metrics.handoffs
+        slot = board.target(key)
+        if slot is None:
+            here = owner(key, board.workers) == board.me
+            outcomes.labels("local" if here else "spilled").value += 1
+            return False
+        if not self.reactor.hand_off(link.ch, slot, data):
+            outcomes.labels("failed").value += 1
+            return False
+        outcomes.labels("sent").value += 1
+        self.reactor.cancel(link.timer)
+        link.timer = None
+        link.http = None
+        link.enter(DONE)
+        self.links.remove(link)
+        self._release_address(link)
+        link.forget()
+        return True
+
+    def _release_address(self, link: Link) -> None:
+        ip = (link.via or link.conn.peer)[0]
+        _release(self._sockets_per_ip, "" if self.proxies and self.proxies.trusts(ip) else ip)
+
     def _refuse(self, link: Link, response: Response, request: Request) -> None:
         self.metrics.upgrades_refused.labels(response.status).value += 1
         self._respond(link, response, request)
 
     def _respond(self, link: Link, response: Response, request: Request | None = None) -> None:
+        link.first = None
         self._log_request(link, request, response)
         head_only = request is not None and request.method == "HEAD"
         link.ch.outbox.append(render_response(response, head_only=head_only))
@@ -378,6 +449,7 @@ class Lifecycle:
         cfg = self.config
         head, trailing = link.http.switch(accept)
         link.http = None
+        link.first = None
         link.ch.outbox.append(head)
         link.session = Session(
             link.ch.outbox,
@@ -552,8 +624,7 @@ class Lifecycle:
         self.reactor.close(link.ch)
         if link in self.links:
             self.links.remove(link)
-            ip = (link.via or link.conn.peer)[0]
-            _release(self._sockets_per_ip, "" if self.proxies and self.proxies.trusts(ip) else ip)
+            self._release_address(link)
             link.forget()
 
     # -- access lines ----------------------------------------------------------
@@ -593,6 +664,8 @@ class Lifecycle:
         once, and lets requests already accepted finish: a plain one gets its
         answer, an upgrade a 503 to retry (on a worker still running)."""
         self.stopping = True
+        if self.board is not None:
+            self.board.leave()
         code, reason = (1012, "service restart") if restart else (1001, "server shutting down")
         for link in list(self.links):
             if link.phase is HTTP and not restart:

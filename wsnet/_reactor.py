@@ -33,7 +33,8 @@ from wsnet._outbox import Outbox
 from wsnet._stream import Stream, StreamProtocol
 
 __all__ = [
-    "READ", "WRITE", "Reactor", "ReactorProtocol", "Stream", "StreamProtocol", "shared_listener",
+    "READ", "WRITE", "Reactor", "ReactorProtocol", "Stream", "StreamProtocol", "handoff_pairs",
+    "shared_listener",
 ]
 
 log = logging.getLogger("wsnet")
@@ -72,6 +73,7 @@ class Reactor:
         self.call_later, self.cancel = loop.call_later, loop.cancel
         self._watch = loop.watch
         self._acceptor: _Acceptor | None = None
+        self._handoff: _Handoff | None = None
         self._dirty: list[Channel] = []
         self._in_protocol_write = False
 
@@ -101,9 +103,31 @@ class Reactor:
         return bound[0], bound[1]
 
     def stop_listening(self) -> None:
+        """No new connections: neither accepted nor handed over by other workers
+        (those wait in this worker slot's socket pair for its replacement)."""
         if self._acceptor is not None:
             self._acceptor.close()
             self._acceptor = None
+        if self._handoff is not None:
+            self._handoff.close()
+            self._handoff = None
+
+    # -- connections handed over between workers (``_placement``) -------------
+
+    def take_handoffs(self, inbox: int, outboxes: list[int]) -> None:
+        """Receive connections other workers hand over on ``inbox`` and hand
+        ours over on ``outboxes`` (one per worker slot, 1..N): descriptors the
+        supervisor made with ``handoff_pairs`` and keeps open."""
+        self._handoff = _Handoff(self, inbox, outboxes)
+
+    def hand_off(self, ch: Channel, slot: int, data: bytes) -> bool:
+        """Send ``ch``'s socket and the bytes read from it to worker ``slot``,
+        then close it here. False (nothing changed) if it could not be sent:
+        the slot's queue is full or the data too large; serve it here then."""
+        if self._handoff is None or ch.dead or ch.tls or not self._handoff.send(slot, ch, data):
+            return False
+        self.close(ch)
+        return True
 
     # -- outbound streams (clients of other services) --------------------------
 
@@ -442,6 +466,88 @@ class _Acceptor:
         if not self._closed:
             self._reactor.loop.selector.register(self._listener, READ, self._on_accept)
             self._on_accept()
+
+
+#: The bytes a handed-over connection may carry (its request head, and whatever
+#: followed it): more than any ``max_header_bytes`` worth setting.
+HANDOFF_MAX_BYTES = 64 * 1024
+#: Handed-over connections taken per wake-up, so a burst cannot starve the loop.
+HANDOFF_BATCH = 64
+
+
+class _Handoff:
+    """This worker's ends of the node's socket pairs: sockets with the bytes
+    already read from them travel as one datagram with one SCM_RIGHTS
+    descriptor; a datagram socket pair keeps each whole and in order."""
+
+    def __init__(self, reactor: Reactor, inbox: int, outboxes: list[int]) -> None:
+        self._reactor = reactor
+        self._inbox = socket.socket(fileno=inbox)
+        # Non-blocking is a flag of the shared description: every worker wants it.
+        self._inbox.setblocking(False)
+        self._outboxes = [socket.socket(fileno=fd) for fd in outboxes]
+        reactor.loop.selector.register(self._inbox, READ, self._on_readable)
+
+    def send(self, slot: int, ch: Channel, data: bytes) -> bool:
+        if len(data) > HANDOFF_MAX_BYTES or not 1 <= slot <= len(self._outboxes):
+            return False
+        try:
+            socket.send_fds(self._outboxes[slot - 1], [data], [ch.sock.fileno()],
+                            socket.MSG_DONTWAIT)
+        except OSError as exc:  # EAGAIN: its queue is full; anything else: same answer
+            log.debug("hand-off to worker %d failed: %s", slot, exc)
+            return False
+        return True
+
+    def _on_readable(self) -> None:
+        reactor = self._reactor
+        for _ in range(HANDOFF_BATCH):
+            try:
+                data, fds, flags, _ = socket.recv_fds(
+                    self._inbox, HANDOFF_MAX_BYTES, 1, socket.MSG_DONTWAIT,
+                )
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("cannot receive a handed-over connection: %s", exc)
+                return
+            if not fds:
+                continue
+            sock = socket.socket(fileno=fds[0])
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                sock.close()  # cannot happen with our own senders; never half a request
+                continue
+            try:
+                sock.setblocking(False)
+                peer = sock.getpeername()
+            except OSError:  # the client left while in transit
+                sock.close()
+                continue
+            ch = reactor.protocol.connection_handed(sock, peer[:2], data)
+            if ch is None:
+                sock.close()
+                continue
+            if not ch.dead:
+                reactor._update_mask(ch)
+
+    def close(self) -> None:
+        self._reactor.loop.forget(self._inbox)
+        self._inbox.close()
+        for sock in self._outboxes:
+            sock.close()
+
+
+def handoff_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """One (inbox, outbox) Unix datagram socket pair per worker slot, for a
+    supervisor to keep open and pass down (inheritable): a worker reads its
+    slot's inbox, and every worker may write to any slot's outbox."""
+    pairs = []
+    for _ in range(count):
+        inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for sock in (inbox, outbox):
+            sock.set_inheritable(True)
+        pairs.append((inbox, outbox))
+    return pairs
 
 
 def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:

@@ -90,6 +90,7 @@ class ServerMetrics:
         "rate_limited",
         "keepalive_timeouts",
         "closes",
+        "handoffs",
         "uptime",
         "rss",
     )
@@ -143,6 +144,14 @@ class ServerMetrics:
             "peer vanished; 3xxx and 4xxx: private-use codes).",
             ("code",),
         )
+        self.handoffs = Counter(
+            "wsnet_handoffs_total",
+            "With --workers, upgrades with an affinity key (the chat's room), by "
+            "outcome: local (this worker owns the key), sent (handed to its owner), "
+            "received (handed here), spilled (its owner is gone or holds more than "
+            "its share: served here), failed (the hand-off could not be sent).",
+            ("outcome",),
+        )
         self.uptime = Gauge("wsnet_uptime_seconds", "Seconds since the server was created.")
         self.rss = Gauge(
             "wsnet_process_resident_memory_bytes", "Resident memory of this process.",
@@ -163,6 +172,7 @@ class ServerMetrics:
             self.rate_limited,
             self.keepalive_timeouts,
             self.closes,
+            self.handoffs,
             self.uptime,
             GC_PAUSES.histogram,
             GC_PAUSES.frozen,

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from wsnet._nodeview import INTERVAL as NODE_INTERVAL
 from wsnet._nodeview import NodeView
+from wsnet._placement import BOARD_FILE, LoadBoard
 from wsnet.chat import ChatApp, ChatSettings, valid_name
 from wsnet.chat.protocol import NAME_RULE, ROOM_RULE, valid_room
 from wsnet.chat.redis import RedisBackplane, redis_available
@@ -240,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         "restarts crashed ones; more than 1 needs --redis (default 1)",
     )
     p.add_argument(
+        "--no-affinity", action="store_true",
+        help="with --workers: leave each connection on the worker that accepted it, "
+        "instead of handing it to the worker that owns its room (so that a room is "
+        "received from Redis and encoded once, not once per worker)",
+    )
+    p.add_argument(
         "--redis", metavar="URL",
         help="chat backplane, e.g. redis://127.0.0.1:6379/0: rooms span every node and "
         "worker on that Redis (needs the redis extra: pip install 'wsnet[redis]')",
@@ -256,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
     p.add_argument("--node-dir", metavar="DIR", help=argparse.SUPPRESS)
     p.add_argument("--worker-index", type=int, default=1, help=argparse.SUPPRESS)
+    # The node's socket pairs for handing connections over: this worker's inbox,
+    # then every slot's outbox (1..N), comma-separated descriptors.
+    p.add_argument("--handoff-fds", metavar="FDS", help=argparse.SUPPRESS)
     p.add_argument(
         "--log-format", default="text", choices=["text", "json"],
         help="log lines as escaped text, or one JSON object each (default %(default)s)",
@@ -394,7 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.workers > 1:
         # Everything is checked (options, TLS files): the workers do the serving.
-        return _supervise(list(sys.argv[1:] if argv is None else argv), args.workers, config)
+        return _supervise(list(sys.argv[1:] if argv is None else argv), args.workers, config,
+                          affinity=not args.no_affinity)
     return _serve(server, app, args, config)
 
 
@@ -407,6 +418,10 @@ def _serve(server: Server, app: Handler, args: argparse.Namespace, config: Confi
     except OSError as exc:
         _cannot_listen(config, exc)
         return 2
+    if args.handoff_fds and args.node_dir is not None:
+        # Before the listening line: once every worker printed it, each one's
+        # slot on the board is fresh and connections may be handed to it.
+        _join_placement(server, args.node_dir, args.worker_index, args.handoff_fds)
     if args.as_worker_of is not None:
         stop_with_parent(args.as_worker_of, server.stop)
         # Before the listening line, which tells the supervisor it may drain us.
@@ -440,6 +455,16 @@ def _join_node(server: Server, args: argparse.Namespace) -> NodeView:
 
     write()
     return node
+
+
+def _join_placement(server: Server, node_dir: str, index: int, fds: str) -> None:
+    """A worker of ``--workers`` with affinity: publish its load on the node's
+    board, take connections handed to it, hand over those another owns."""
+    inbox, *outboxes = (int(fd) for fd in fds.split(","))
+    lifecycle = server._lifecycle  # the package's own internals, as in _join_node
+    lifecycle.board = LoadBoard(str(Path(node_dir) / BOARD_FILE), len(outboxes), index)
+    lifecycle.reactor.take_handoffs(inbox, outboxes)
+    lifecycle.board.write(0)
 
 
 def _ignore_hup() -> None:
@@ -570,11 +595,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
 
 
-def _supervise(options: list[str], workers: int, config: Config) -> int:
+def _supervise(options: list[str], workers: int, config: Config, *, affinity: bool) -> int:
     """``--workers N``: run N worker processes (see ``wsnet.workers``)."""
     supervisor = Supervisor(
         options, workers, config.host, config.port, grace=config.shutdown_grace,
-        backlog=config.backlog,
+        backlog=config.backlog, affinity=affinity,
     )
     try:
         supervisor.reserve()

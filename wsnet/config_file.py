@@ -22,6 +22,7 @@ __all__ = ["ConfigFileError", "file_options", "parse_config", "render_config"]
 #: Options that are commands or internal, not configuration.
 NOT_SETTINGS = frozenset({
     "help", "config", "print-config", "as-worker-of", "listen-fd", "node-dir", "worker-index",
+    "handoff-fds",
     "mint-token", "token-ttl", "room", "read-only-room", "claim-ttl",
 })
 

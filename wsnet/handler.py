@@ -49,6 +49,13 @@ class Handler:
         """
         return None
 
+    def affinity(self, request: Request) -> str | None:
+        """With ``--workers``: a key (the chat's room) for an upgrade that passed
+        the protocol checks; connections with the same key are best served by
+        one worker, which is then handed this connection before ``on_upgrade``
+        runs there. None (the default): whichever worker accepted it."""
+        return None
+
     def on_open(self, conn: Connection) -> None:
         """A WebSocket opened; ``conn.request`` is the upgrade request."""
 

@@ -27,6 +27,11 @@ The supervisor is one thread and one ``selectors`` loop, like the workers:
 - SIGTERM or SIGINT is forwarded to every worker, which drains its clients (close
   1001) within the shutdown grace; a worker still running after the grace plus a
   few seconds is killed; the supervisor then exits 0;
+- with affinity (the default; ``--no-affinity``), it makes one Unix socket
+  pair per worker slot and a load board (``_placement``) and keeps them: a
+  worker hands a connection whose room another worker owns to that worker,
+  and what is handed to a slot whose worker is restarting waits in the pair
+  for the new one;
 - a worker whose supervisor dies stops too: Linux delivers SIGTERM to it
   (``PR_SET_PDEATHSIG``); elsewhere a thread notices the new parent.
 """
@@ -51,7 +56,8 @@ from typing import Any, Protocol
 
 from wsnet._nodeview import fold, read_json, write_json
 from wsnet._parent import stop_with_parent
-from wsnet._reactor import shared_listener
+from wsnet._placement import BOARD_FILE, LoadBoard
+from wsnet._reactor import handoff_pairs, shared_listener
 
 __all__ = [
     "Supervisor",
@@ -78,7 +84,7 @@ STARTUP_DEADLINE = 30.0
 KILL_AFTER_GRACE = 3.0
 def worker_command(
     argv: Sequence[str], port: int, supervisor_pid: int, listen_fd: int,
-    *, node_dir: str | None = None, index: int = 1,
+    *, node_dir: str | None = None, index: int = 1, handoff_fds: Sequence[int] = (),
 ) -> list[str]:
     """The command line of one worker: the supervisor's options, then overrides
     (argparse keeps the last value of an option given twice)."""
@@ -89,6 +95,8 @@ def worker_command(
     ]
     if node_dir is not None:
         command += ["--node-dir", node_dir, "--worker-index", str(index)]
+    if handoff_fds:
+        command += ["--handoff-fds", ",".join(map(str, handoff_fds))]
     return command
 
 
@@ -149,6 +157,7 @@ class Supervisor:
         grace: float,
         backlog: int = 1024,
         out: Callable[[str], None] | None = None,
+        affinity: bool = True,
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
@@ -158,6 +167,9 @@ class Supervisor:
         self.grace = grace
         self.backlog = backlog
         self.workers = [Worker(i + 1) for i in range(count)]
+        #: Hand connections to the worker that owns their room (``_placement``).
+        self.affinity = affinity and count > 1
+        self._pairs: list[tuple[Any, Any]] = []  # (inbox, outbox) per slot, kept open
         #: A rolling restart: the slots still to replace, the replacement starting,
         #: and old workers draining (reaped, never restarted).
         self._roll: list[int] = []
@@ -196,6 +208,9 @@ class Supervisor:
         """Start the workers, keep them running, stop them on a signal."""
         self.reserve()
         self.node_dir = tempfile.mkdtemp(prefix="wsnet-node-")
+        if self.affinity:
+            LoadBoard.create(str(Path(self.node_dir) / BOARD_FILE), len(self.workers))
+            self._pairs = handoff_pairs(len(self.workers))
         saved = self._install_signal_handlers()
         try:
             for worker in self.workers:
@@ -217,6 +232,9 @@ class Supervisor:
                 shutil.rmtree(self.node_dir, ignore_errors=True)
             if self._reserved is not None:
                 self._reserved.close()
+            for pair in self._pairs:
+                for end in pair:
+                    end.close()
 
     # -- signals -------------------------------------------------------------
 
@@ -256,10 +274,12 @@ class Supervisor:
         worker.pending = b""
         try:
             fd = self._listen_fd()
+            handoff = self._handoff_fds(worker.index)
             process = subprocess.Popen(
                 worker_command(self.argv, self.port, os.getpid(), fd,
-                               node_dir=self.node_dir, index=worker.index),
-                pass_fds=(fd,),
+                               node_dir=self.node_dir, index=worker.index,
+                               handoff_fds=handoff),
+                pass_fds=(fd, *handoff),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 # stderr: inherited, so worker logs go where the supervisor's go.
@@ -276,6 +296,12 @@ class Supervisor:
         verb = "restarted" if restarted else "started"
         log.info("worker %d %s (pid %d)", worker.index, verb, process.pid)
         self._publish()
+
+    def _handoff_fds(self, index: int) -> list[int]:
+        """Slot ``index``'s inbox, then every slot's outbox; none without affinity."""
+        if not self._pairs:
+            return []
+        return [self._pairs[index - 1][0].fileno(), *(out.fileno() for _, out in self._pairs)]
 
     def _schedule_restart(self, worker: Worker, now: float) -> float:
         if worker.started_at and now - worker.started_at >= STABLE_AFTER:

@@ -71,6 +71,13 @@ class ChatApp(Handler):
         self.backplane.stop()
         self.chat.close()
 
+    def affinity(self, request: Request) -> str | None:
+        """The room in the URL: with ``--workers``, a room's members then share
+        one worker (as far as its load allows), which alone receives, batches
+        and encodes its messages."""
+        hello = parse_hello(request.query)
+        return hello.room
+
     def on_upgrade(self, request: Request) -> Response | Token | None:
         if self._secret is None:
             return None
