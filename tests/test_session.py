@@ -26,7 +26,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Event, Ping, Pong
 
 from wsnet._frames import Outgoing
-from wsnet._session import CloseCode
+from wsnet._session import CloseCode, _at_frame_boundary
 
 MiB = 1 << 20
 Reply = tuple[str, object]
@@ -427,3 +427,47 @@ def test_fail_sends_one_close_and_stops_reading() -> None:
     session.fail(1011)
     assert drain(session.out) == b""
     assert session.close_code == 1008
+
+
+# ----------------------------------------------------------------------------
+# Pongs read without wsproto (the keepalive's fast path)
+# ----------------------------------------------------------------------------
+
+
+def test_a_whole_pong_between_frames_is_seen_and_messages_around_it_still_parse() -> None:
+    client = ClientPeer()
+    session = new_session()
+    assert _at_frame_boundary(session._ws)  # wsproto's internals are where we read them
+    session.ping(b"wsnet")
+    session.pong_seen = False
+    assert session.receive(client.text("before")) == ["before"]
+    assert session.receive(client.pong(b"wsnet")) == []
+    assert session.pong_seen
+    assert session.receive(client.pong(b"")) == []  # an empty pong is 6 bytes
+    assert session.receive(client.text("after")) == ["after"]
+    assert session.close_code is None
+
+
+def test_bytes_that_look_like_a_pong_inside_a_frame_are_its_payload() -> None:
+    """The fast path must not take a frame's payload for a pong: the first
+    feed leaves wsproto in the middle of a frame whose 11 payload bytes follow."""
+    client = ClientPeer()
+    session = new_session()
+    fake_pong = ClientPeer().pong(b"wsnet")
+    assert len(fake_pong) == 11
+    # A zero mask key: the payload goes on the wire as it is.
+    frame = raw_frame(OP_BINARY, fake_pong, mask_key=b"\x00\x00\x00\x00")
+    header, payload = frame[:6], frame[6:]
+    assert payload == fake_pong
+    session.pong_seen = False
+    assert session.receive(header) == []
+    assert session.receive(payload) == [fake_pong]
+    assert not session.pong_seen
+    assert session.receive(client.text("next")) == ["next"]
+
+
+def test_a_pong_glued_to_other_bytes_goes_through_wsproto() -> None:
+    client = ClientPeer()
+    session = new_session()
+    assert session.receive(client.pong(b"wsnet") + client.text("x")) == ["x"]
+    assert session.pong_seen
