@@ -93,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-sampled", type=int, default=25,
                    help="at most this many latency-measuring clients per worker (default 25)")
     g = p.add_argument_group("the scale scenario (defaults: those of --quick or the full run)")
-    g.add_argument("--scale-parts", help="comma-separated subset of a,b,c,sweep")
+    g.add_argument("--scale-parts", help="comma-separated subset of a,noaff,b,c,sweep "
+                   "(noaff: (a) with --no-affinity, to compare)")
+    g.add_argument("--scale-lighter-rates",
+                   help="msg/s per room run before the target in (a), (c), noaff ('' for none)")
     g.add_argument("--scale-connections", type=int, help="connections of (a), (b) and (c)")
     g.add_argument("--scale-workers", type=int, help="--workers N of the node in (a) and (b)")
     g.add_argument("--scale-nodes", help="(c): workers of each node, e.g. 3,3")
@@ -113,13 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         ("scale_sweep", "sweep", lambda v: tuple(int(x) for x in v.split(",") if x)),
         ("scale_sweep_connections", "sweep_connections", None),
         ("scale_broadcasts", "broadcasts", None),
+        ("scale_lighter_rates", "lighter_rates",
+         lambda v: tuple(float(x) for x in v.split(",") if x)),
     ):
         value = getattr(args, option)
         if value is not None:
             change: dict[str, Any] = {name: convert(value) if convert else value}
             big = dataclasses.replace(big, **change)
-    if not set(big.parts) <= {"a", "b", "c", "sweep"}:
-        p.error("--scale-parts: a subset of a,b,c,sweep")
+    if not set(big.parts) <= {"a", "noaff", "b", "c", "sweep"}:
+        p.error("--scale-parts: a subset of a,noaff,b,c,sweep")
     scale = dataclasses.replace(
         base, sample_stride=args.sample_stride, max_sampled=args.max_sampled, big=big,
     )

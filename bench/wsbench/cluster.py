@@ -55,10 +55,11 @@ def start_bench_redis(workdir: Path) -> RedisServer:
         raise RuntimeError(f"redis-server did not start: {exc}") from exc
 
 
-def wsnet_node_command(workers: int, redis_url: str) -> list[str]:
+def wsnet_node_command(workers: int, redis_url: str, extra: tuple[str, ...] = ()) -> list[str]:
     """One wsnet node: the benchmark's usual options, ``--workers N`` on Redis."""
     return with_parent_death([
         *wsnet_command(False, None, store=False), "--workers", str(workers), "--redis", redis_url,
+        *extra,
     ])
 
 
@@ -70,8 +71,9 @@ class Cluster:
     ``rss_kb`` call also leaves the breakdown in ``last``.
     """
 
-    def __init__(self, layout: tuple[int, ...]) -> None:
+    def __init__(self, layout: tuple[int, ...], extra: tuple[str, ...] = ()) -> None:
         self.layout = layout
+        self.extra = extra  # more wsnet options (e.g. --no-affinity)
         self.nodes: list[ServerProcess] = []
         self.known_workers: set[int] = set()
         self.last: dict[str, Any] = {}
@@ -85,7 +87,7 @@ class Cluster:
         try:
             for workers in layout:
                 self.nodes.append(ServerProcess(
-                    wsnet_node_command(workers, self.redis.url), start_timeout=60.0,
+                    wsnet_node_command(workers, self.redis.url, extra), start_timeout=60.0,
                 ))
             self.worker_pids()
         except BaseException:
@@ -202,10 +204,12 @@ def rooms_session(
     sample_stride: int,
     max_sampled: int,
     drain: float,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[RoomsSession]:
     """Redis, the wsnet nodes, then ``connections`` clients: client g (over all
     load generators) joins room ``r{g % rooms}``, so each load generator holds
-    members of every room, and SO_REUSEPORT spreads them over the workers."""
+    members of every room; the workers' room affinity (unless ``extra`` turns
+    it off) then gathers each room in the worker that owns it."""
     workers = max(2, math.ceil(connections / SCALE_PER_LOADGEN))
     workers = math.ceil(workers / len(layout)) * len(layout)  # the same number per node
     counts = split(connections, workers)
@@ -216,7 +220,7 @@ def rooms_session(
     # One sender per room; each load generator sends into its share of the rooms.
     senders = [1] + [0] * (workers - 1) if rooms == 1 else split(rooms, workers)
     firsts = [sum(senders[:i]) for i in range(workers)]
-    cluster = Cluster(layout)
+    cluster = Cluster(layout, extra)
     session: RoomsSession | None = None
     try:
         time.sleep(1.0)  # let every worker settle (and connect to Redis) before its baseline

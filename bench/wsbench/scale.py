@@ -21,7 +21,9 @@ from wsbench.scenarios import Row
 from wsbench.settings import SCALE_PER_LOADGEN, Scale
 
 
-def layout_label(layout: tuple[int, ...]) -> str:
+def layout_label(layout: tuple[int, ...], extra: tuple[str, ...] = ()) -> str:
+    if "--no-affinity" in extra:
+        return layout_label(layout) + " (no affinity)"
     if len(layout) == 1:
         return f"1 node x {layout[0]} workers" if layout[0] > 1 else "1 node, 1 process"
     if len(set(layout)) == 1:
@@ -32,7 +34,8 @@ def layout_label(layout: tuple[int, ...]) -> str:
 def rooms_values(s: RoomsSession, r: RunResult | None) -> dict[str, Any]:
     """Everything measured about one session (and one run of it, if any)."""
     v: dict[str, Any] = {
-        "layout": layout_label(s.cluster.layout),
+        "layout": layout_label(s.cluster.layout, s.cluster.extra),
+        "affinity": "--no-affinity" not in s.cluster.extra,
         "nodes": len(s.cluster.layout),
         "workers": sum(s.cluster.layout),
         "wanted": s.wanted,
@@ -74,6 +77,11 @@ def rooms_values(s: RoomsSession, r: RunResult | None) -> dict[str, Any]:
         "closed_by_server": r.closed_by_server,
         "cpu_wsnet_pct": round(sum(c for p, c in r.cpu_by_pid.items() if p != redis_pid), 1),
         "cpu_redis_pct": round(r.cpu_by_pid.get(redis_pid, 0.0), 1),
+        # CPU seconds of every wsnet process per delivery (the window's share of
+        # a core / deliveries per second), in microseconds.
+        "cpu_us_per_delivery": round(
+            sum(c for p, c in r.cpu_by_pid.items() if p != redis_pid) / 100
+            / r.deliveries_per_s * 1e6, 2) if r.deliveries_per_s else None,
         "cpu_worker_pct": [round(r.cpu_by_pid.get(p, 0.0), 1) for p in s.cluster.worker_pids()],
         "loadgen_cpu_pct": [round(c, 1) for c in r.worker_cpu],
         "loadgen_busy": r.loadgen_busy,
@@ -103,6 +111,7 @@ def rooms_values(s: RoomsSession, r: RunResult | None) -> dict[str, Any]:
 def scale_rooms_part(
     part: str, layout: tuple[int, ...], connections: int, window: float, *, scale: Scale,
     rates: tuple[float, ...], log: Callable[[str], None], idle_window: float = 0.0,
+    extra: tuple[str, ...] = (),
 ) -> list[Row]:
     """(a), (c) and the sweep: rooms of ``room_size``, each receiving ``rate``
     messages/s, for each rate (ascending: an overloaded run's backlog, if its
@@ -114,9 +123,9 @@ def scale_rooms_part(
     with rooms_session(
         layout, connections, rooms, scale,
         # 19 is prime to the room counts (multiples of 100): samplers spread over rooms.
-        sample_stride=19, max_sampled=250, drain=sizes.drain,
+        sample_stride=19, max_sampled=250, drain=sizes.drain, extra=extra,
     ) as s:
-        log(f"  scale ({part}) {layout_label(layout)}: {s.connections:,} connected, "
+        log(f"  scale ({part}) {layout_label(layout, extra)}: {s.connections:,} connected, "
             f"{s.joined:,} joined in {s.connect_s:.1f} s ({s.handshakes_per_s:,.0f} "
             "handshakes/s)")
         loads = [(0.0, idle_window)] if idle_window > 0 else []
@@ -177,6 +186,10 @@ def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row],
         parts.append(("a", lambda: scale_rooms_part(
             "a", (sizes.workers,), sizes.connections, sizes.window, scale=scale, rates=loads,
             idle_window=sizes.idle_window, log=log)))
+    if "noaff" in sizes.parts:  # (a) again as every worker did before affinity
+        parts.append(("noaff", lambda: scale_rooms_part(
+            "noaff", (sizes.workers,), sizes.connections, sizes.window, scale=scale,
+            rates=loads, log=log, extra=("--no-affinity",))))
     if "b" in sizes.parts:
         parts.append(("b", lambda: scale_broadcast_part(scale, log)))
     if "c" in sizes.parts:

@@ -10,7 +10,12 @@ from typing import Any
 
 from wsbench.fmt import fmt_kb, fmt_ms, fmt_rate
 from wsbench.scenarios import Row
-from wsbench.settings import OTHER_BUSY, SCALE_P99_TARGET_MS, SCALE_RSS_TARGET_KB
+from wsbench.settings import (
+    OTHER_BUSY,
+    SCALE_CPU_PER_DELIVERY_TARGET_US,
+    SCALE_P99_TARGET_MS,
+    SCALE_RSS_TARGET_KB,
+)
 
 
 def scale_errors_cell(v: dict[str, Any]) -> str:
@@ -86,12 +91,16 @@ def scale_targets(v: dict[str, Any]) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
+    per = v.get("cpu_us_per_delivery")
+    cpu = (f"; wsnet CPU per delivery {per:.1f} us (target <= "
+           f"{SCALE_CPU_PER_DELIVERY_TARGET_US:g} us): "
+           f"{verdict(per <= SCALE_CPU_PER_DELIVERY_TARGET_US)}" if per is not None else "")
     return (
         f"p99 {fmt_ms(p99)} (target <= {SCALE_P99_TARGET_MS:g} ms): {verdict(p99_ok)}; "
         f"delivered {v['delivered']:,} of {v['expected']:,}, every connection exactly its "
         f"room's messages: {verdict(exact(v))}; total RSS {v['rss_total_kb'] / 1024:,.0f} MiB "
         f"= {v['rss_total_kb'] * 1024 / 1e9:.2f} GB (target <= 1 GB): {verdict(rss_ok)} "
-        f"(peak, VmHWM summed: {v['hwm_total_kb'] * 1024 / 1e9:.2f} GB)"
+        f"(peak, VmHWM summed: {v['hwm_total_kb'] * 1024 / 1e9:.2f} GB){cpu}"
     )
 
 
@@ -137,10 +146,11 @@ def scale_report(rows: list[Row]) -> list[str]:
     for row in rows:
         by_part.setdefault(row.values["part"], []).append(row)
     out = [
-        "Each worker of `--workers N` is a node of its own on one Redis (`--redis`), and "
-        "every room has members on every worker: client g joins room `r{g % rooms}`, the "
-        "load generators hold consecutive blocks of g, and SO_REUSEPORT spreads each "
-        "generator's connections over the workers. Latency: send to receipt on sampled "
+        "Each worker of `--workers N` is a node of its own on one Redis (`--redis`): client "
+        "g joins room `r{g % rooms}` in its URL, the load generators hold consecutive "
+        "blocks of g, the workers share one accept queue, and room affinity hands each "
+        "connection to the worker that owns its room (except in the no-affinity rows, "
+        "where every room has members on every worker). Latency: send to receipt on sampled "
         "receivers (every 19th client, at most 250 per load generator; in (b) every "
         "client). Delivered: deliveries of each room's own marker counted on every "
         "receiver / (messages sent into its room, summed over receivers). CPU: % of one "
@@ -159,6 +169,26 @@ def scale_report(rows: list[Row]) -> list[str]:
         line = workers_line(v)
         if line:
             out += ["", f"Workers at {v['per_room_rate']:g} msg/s per room: {line}."]
+    if "noaff" in by_part:
+        ones = {r.values["per_room_rate"]: r for r in by_part.get("a", [])}
+        paired = []
+        for row in by_part["noaff"]:
+            one = ones.get(row.values["per_room_rate"])
+            paired += [row, one] if one is not None else [row]
+        out += ["", "### Room affinity: (a) without it, then with it", "",
+                "`--no-affinity`: each connection stays on the worker that accepted it, so "
+                "every room has members on every worker (as before affinity); with it, the "
+                "accepting worker hands the connection to the worker that owns its room.", "",
+                *scale_table(paired), "",
+                "| Msg/s per room | wsnet CPU per delivery without / with affinity |",
+                "|---:|---:|"]
+        for row in by_part["noaff"]:
+            one = ones.get(row.values["per_room_rate"])
+            before = row.values.get("cpu_us_per_delivery")
+            after = one.values.get("cpu_us_per_delivery") if one is not None else None
+            if before is not None:
+                out.append(f"| {row.values['per_room_rate']:g} | {before:.1f} us / "
+                           f"{'-' if after is None else f'{after:.1f} us'} |")
     if "b" in by_part:
         first = by_part["b"][0]
         v0 = first.values

@@ -46,7 +46,7 @@ class ScaleSizes:
     sweep_connections: int = 30_000
     sweep_window: float = 20.0
     drain: float = 10.0
-    parts: tuple[str, ...] = ("a", "b", "c", "sweep")
+    parts: tuple[str, ...] = ("a", "noaff", "b", "c", "sweep")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,9 @@ WSNET_RESERVED_FDS = 64
 #: SO_REUSEPORT spreads connections by a hash, not exactly: headroom per worker.
 REUSEPORT_SLACK = 1.05
 SCALE_P99_TARGET_MS = 120.0
+#: wsnet's CPU per delivery at the target load: CPU seconds of every wsnet
+#: process (supervisor and workers, not Redis) over the window / deliveries.
+SCALE_CPU_PER_DELIVERY_TARGET_US = 7.0
 #: CPU of everything else on the machine (% of one core) above which a notice
 #: says that the numbers may suffer from it.
 OTHER_BUSY = 25.0
