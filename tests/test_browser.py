@@ -41,6 +41,7 @@ from playwright.sync_api import (
 )
 from support.procs import RedisServer
 from support.servers import ServerFactory
+from websockets.sync.client import connect as ws_connect
 
 from wsnet.tokens import make_token
 
@@ -538,3 +539,27 @@ def test_a_direct_message_from_the_member_list_and_the_typing_indicator(
     expect(cy.page.locator("#messages .system.error")).to_contain_text(
         "you may not join this room", timeout=STEP)
     assert cy.messages() == []
+
+
+def test_a_presence_storm_reaches_the_member_list_as_diffs(
+    server_factory: ServerFactory, chat_page: ChatPageFactory,
+) -> None:
+    """Fifteen clients (the websockets library, a peer of its own) join within a
+    second and eight leave again: the room switches to presence_diff, and the
+    page's member list ends right from the diffs alone."""
+    server = server_factory()
+    ann = chat_page(server.port)
+    ann.join("ann", "storm")
+    ann.expect_members(["ann"])
+    url = f"ws://127.0.0.1:{server.port}/?room=storm&name="
+    crowd = [ws_connect(f"{url}s{i:02}", open_timeout=STEP / 1000) for i in range(15)]
+    try:
+        for client in crowd[:8]:
+            client.close()
+        ann.expect_members(sorted(["ann", *(f"s{i:02}" for i in range(8, 15))]))
+        kinds = {event["type"] for socket in ann.sockets for frame in socket.frames
+                 for event in json.loads(frame) if isinstance(event, dict)}
+        assert "presence_diff" in kinds, kinds
+    finally:
+        for client in crowd[8:]:
+            client.close()

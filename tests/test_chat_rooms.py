@@ -547,3 +547,96 @@ def test_settings_refuse_nonsense(field: str, value: float) -> None:
     fields: dict[str, Any] = {field: value}
     with pytest.raises(ValueError):
         ChatSettings(**fields)
+
+
+# ----------------------------------------------------------------------------
+# Presence storms: one diff per interval instead of an event per change
+# ----------------------------------------------------------------------------
+
+
+def presence_kinds(events: list[Event]) -> list[str]:
+    return [e["type"] for e in events if e["type"] in ("join", "leave", "nick", "presence_diff")]
+
+
+def storm_harness() -> Harness:
+    h = Harness(presence_storm=3, presence_diff_interval=1.5)
+    h.connect("a")
+    h.connect("b")
+    h.clock.now += 2.0  # a quiet second: the storm window starts afresh
+    h.tick()
+    return h
+
+
+def test_a_quiet_room_hears_each_join_and_leave_on_its_own() -> None:
+    h = storm_harness()
+    h.connect("c")
+    h.drop("c")
+    assert presence_kinds(h.tick()["a"]) == ["join", "leave"]
+
+
+def test_a_burst_of_joins_becomes_one_diff_after_the_interval() -> None:
+    h = storm_harness()
+    for peer in ("c", "d", "e", "f", "g"):  # 5 changes in one second, storm at the 4th
+        h.connect(peer)
+    got = h.tick()
+    assert presence_kinds(got["a"]) == ["join", "join", "join"]  # c, d, e: below the storm
+    h.clock.now += 1.0
+    assert "a" not in h.tick()  # the diff waits for its interval
+    h.clock.now += 0.5
+    got = h.tick()
+    assert got["a"] == [{"type": "presence_diff", "room": "lobby", "count": 7,
+                         "joined": [{"id": "f", "name": "f"}, {"id": "g", "name": "g"}],
+                         "left": []}]
+    # The storm ended (2 changes in the interval): single events again.
+    h.connect("h")
+    assert presence_kinds(h.tick()["a"]) == ["join"]
+
+
+def test_a_member_that_joins_and_leaves_within_a_diff_is_in_neither_list() -> None:
+    h = storm_harness()
+    for peer in ("c", "d", "e"):
+        h.connect(peer)
+    h.tick()
+    h.connect("x")  # the storm starts here
+    h.drop("a")  # known before the diff: it is in "left"
+    h.drop("x")  # joined within it: nobody needs to hear of it
+    h.send("b", {"type": "nick", "name": "bee"})
+    h.clock.now += 1.5
+    diff = [e for e in h.tick()["c"] if e["type"] == "presence_diff"]
+    assert diff == [{"type": "presence_diff", "room": "lobby", "count": 4,
+                     "joined": [{"id": "b", "name": "bee"}], "left": ["a"]}]
+
+
+def test_a_member_that_leaves_comes_back_and_leaves_again_is_reported_left() -> None:
+    h = storm_harness()
+    for peer in ("c", "d", "e", "f"):
+        h.connect(peer)  # f starts the storm
+    h.tick()
+    h.send("c", {"type": "leave", "room": "lobby"})
+    h.send("c", {"type": "join", "room": "lobby"})
+    h.send("c", {"type": "leave", "room": "lobby"})
+    h.clock.now += 1.5
+    diff = next(e for e in h.tick()["a"] if e["type"] == "presence_diff")
+    assert "c" in diff["left"] and all(j["id"] != "c" for j in diff["joined"])
+
+
+def test_a_storm_that_goes_on_sends_a_diff_every_interval() -> None:
+    h = storm_harness()
+    diffs = 0
+    for i in range(60):  # 6 s at 10 joins per second
+        h.clock.now += 0.1
+        h.connect(f"p{i}")
+        diffs += sum(e["type"] == "presence_diff" for e in h.tick().get("a", []))
+    assert 3 <= diffs <= 4  # every 1.5 s, not 57 single joins
+    h.clock.now += 1.5
+    last = next(e for e in h.tick()["a"] if e["type"] == "presence_diff")
+    assert last["count"] == 62
+
+
+def test_presence_storm_zero_turns_diffs_off() -> None:
+    h = Harness(presence_storm=0)
+    for i in range(30):
+        h.connect(f"p{i}")
+    h.tick()
+    h.connect("late")
+    assert presence_kinds(h.tick()["p0"]) == ["join"]

@@ -4,7 +4,13 @@ Up to ``presence_limit`` members, a room's members hear each join, leave and
 rename and get the full list on joining. Past it, the room switches to a count,
 sent at most once per ``count_interval`` (a room of thousands would otherwise
 spend its frames on presence), and back to the list once it is small again.
-``Presence`` keeps that switch in one place for local and remote changes. Pure.
+
+A list-mode room whose presence changes more than ``presence_storm`` times in
+a second (everyone reconnecting after a restart) hears its changes as one
+``presence_diff`` per ``presence_diff_interval`` instead, as Phoenix does: a
+frame per member per interval rather than one per member per join. After an
+interval with at most ``presence_storm`` changes it goes back to single events.
+``Presence`` keeps these switches in one place for local and remote changes. Pure.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 from wsnet.chat.batch import Batch
 from wsnet.chat.protocol import encode_event
 from wsnet.chat.settings import ChatSettings
-from wsnet.chat.state import Member, Room
+from wsnet.chat.state import Member, PresenceDiff, Room
 
 __all__ = ["Presence", "count_event", "person_event", "snapshot_event"]
 
@@ -51,19 +57,45 @@ class Presence:
         self._timer = timer
         self._batch = batch
         self._counts: set[Room] = set()  # counting rooms whose count changed
+        self._storm = settings.presence_storm
+        self._diff_interval = settings.presence_diff_interval
+        self._diffs: set[Room] = set()  # rooms in a storm, gathering a diff
 
-    def changed(self, room: Room, encoded: str, resized: bool = True) -> None:
-        """A join, leave or rename (``resized`` false): members hear the event,
-        or, past the limit, the new count at its next due time."""
+    def changed(self, room: Room, encoded: str, kind: str, ident: str, name: str) -> None:
+        """A ``join``, ``leave`` or ``nick`` (``encoded``): members hear the
+        event, or during a storm the next diff, or past the limit the new count
+        at its next due time."""
         if room.counting:
-            if resized:
+            if kind != "nick":
                 self._counts.add(room)
         elif room.size > self._limit:
             room.counting = True
+            self._end_storm(room)
             self._batch.emit(room, encode_event(count_event(room)))
             room.count_due = self._timer() + self._interval
+        elif room.diff is not None:
+            room.diff.add(kind, ident, name)
+        elif self._stormy(room):
+            room.diff = PresenceDiff(self._timer() + self._diff_interval)
+            room.diff.add(kind, ident, name)
+            self._diffs.add(room)
         else:
             self._batch.emit(room, encoded)
+
+    def _stormy(self, room: Room) -> bool:
+        """Counts this change; True once the room had more than ``presence_storm``
+        in its current one-second window."""
+        if not self._storm:
+            return False
+        now = self._timer()
+        if now - room.changes_since >= 1.0:
+            room.changes_since, room.changes = now, 0
+        room.changes += 1
+        return room.changes > self._storm
+
+    def _end_storm(self, room: Room) -> None:
+        room.diff = None
+        self._diffs.discard(room)
 
     def remote(self, room: Room, event: dict[str, Any]) -> None:
         """A join, leave or rename on another node, as the backplane tells it."""
@@ -81,15 +113,28 @@ class Presence:
             room.remote[ident] = name
         else:
             return
-        self.changed(room, encode_event({**event, "room": room.name}), kind != "nick")
+        self.changed(room, encode_event({**event, "room": room.name}), kind, ident, name)
 
     def emptied(self, room: Room) -> None:
         room.counting = False
         self._counts.discard(room)
+        self._end_storm(room)
 
     def update(self, now: float) -> None:
-        """Tell each counting room its new size, at most once per interval; a
-        room back under the limit gets its member list again."""
+        """Send each storm's diff when due, and tell each counting room its new
+        size, at most once per interval; a room back under the limit gets its
+        member list again."""
+        for room in [r for r in self._diffs if r.diff is not None and now >= r.diff.due]:
+            diff = room.diff
+            assert diff is not None
+            event = diff.event(room)
+            if event is not None:
+                self._batch.emit(room, encode_event(event))
+            if diff.changes > self._storm:  # still a storm: the next diff
+                room.diff = PresenceDiff(now + self._diff_interval)
+            else:
+                self._end_storm(room)
+                room.changes_since, room.changes = now, 0
         for room in [r for r in self._counts if now >= r.count_due]:
             self._counts.discard(room)
             room.count_due = now + self._interval

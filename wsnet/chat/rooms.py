@@ -294,7 +294,7 @@ class Chat(Generic[P]):
         self._table.seat(member, room)
         joined = encode_event(person_event("join", room, member))
         self.backplane.presence(name, member.id, member.name, joined)
-        self._presence.changed(room, joined)
+        self._presence.changed(room, joined, "join", member.id, member.name)
         self._batch.skip_queued(member, room)
         personal = self._batch.personal(member)
         personal.append(encode_event(snapshot_event(room)))
@@ -338,7 +338,7 @@ class Chat(Generic[P]):
             event["old"] = old
             encoded = encode_event(event)
             self.backplane.presence(room.name, member.id, member.name, encoded)
-            self._presence.changed(room, encoded, resized=False)
+            self._presence.changed(room, encoded, "nick", member.id, member.name)
         self.reply(member, {"type": "nick", "id": member.id, "name": member.name, "old": old})
 
     # -- rooms ---------------------------------------------------------------
@@ -350,7 +350,7 @@ class Chat(Generic[P]):
             member.skip.pop(room, None)
         left = encode_event(person_event("leave", room, member))
         self.backplane.presence(room.name, member.id, None, left)
-        self._presence.changed(room, left)
+        self._presence.changed(room, left, "leave", member.id, member.name)
         if not room.members:
             self._emptied(room)
 

@@ -23,6 +23,14 @@ class ChatSettings:
     presence_limit: int = 100
     #: How often a counting room's members hear the new count, in seconds.
     count_interval: float = 1.0
+    #: A room whose presence changes more than this many times in a second (a
+    #: reconnect storm: every join and leave would be a frame to every member)
+    #: switches to one ``presence_diff`` per ``presence_diff_interval``
+    #: (0: never); it switches back after an interval with fewer changes.
+    presence_storm: int = 10
+    #: Phoenix sends presence diffs at most every 1.5 s: a member list that is
+    #: a second and a half behind during a storm, one frame instead of hundreds.
+    presence_diff_interval: float = 1.5
     #: An empty room keeps its history this long for clients coming back.
     room_ttl: float = 600.0
     #: ...and at most this many empty rooms are kept, oldest forgotten first.
@@ -44,6 +52,8 @@ class ChatSettings:
             raise ValueError("64 KiB <= history_bytes <= history_total_bytes")
         if not (self.count_interval > 0 and self.room_ttl >= 0 and self.max_idle_rooms >= 0):
             raise ValueError("count_interval > 0, room_ttl >= 0, max_idle_rooms >= 0")
+        if self.presence_storm < 0 or not self.presence_diff_interval > 0:
+            raise ValueError("presence_storm >= 0, presence_diff_interval > 0")
 
     @property
     def replay_budget(self) -> int:

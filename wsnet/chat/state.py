@@ -13,7 +13,7 @@ from wsnet.chat.history import History, Ledger
 from wsnet.chat.protocol import Join
 from wsnet.tokens import Grant
 
-__all__ = ["Member", "Publication", "Room"]
+__all__ = ["Member", "PresenceDiff", "Publication", "Room"]
 
 P = TypeVar("P")
 
@@ -68,11 +68,52 @@ class Publication:
         self.refused = False
 
 
+class PresenceDiff:
+    """A presence storm's changes in one room since its last ``presence_diff``:
+    who joined (or was renamed: ``joined`` is an upsert by id) and who left.
+    An id is in at most one of the two, so a client may apply them in any
+    order; a member that joined and left within one diff is in neither."""
+
+    __slots__ = ("joined", "left", "fresh", "changes", "due")
+
+    def __init__(self, due: float) -> None:
+        self.joined: dict[str, str] = {}
+        self.left: dict[str, None] = {}  # an ordered set
+        self.fresh: set[str] = set()  # joined within this diff: nobody heard of them yet
+        self.changes = 0
+        self.due = due
+
+    def add(self, kind: str, ident: str, name: str) -> None:
+        self.changes += 1
+        if kind == "leave":
+            self.joined.pop(ident, None)
+            if ident in self.fresh:
+                self.fresh.discard(ident)
+            else:
+                self.left[ident] = None
+            return
+        if kind == "join":
+            if ident in self.left:  # known before this diff: it is back
+                del self.left[ident]
+            else:
+                self.fresh.add(ident)
+        self.joined[ident] = name
+
+    def event(self, room: Room) -> dict[str, Any] | None:
+        """The ``presence_diff`` to send, or None if the changes cancelled out."""
+        if not self.joined and not self.left:
+            return None
+        return {"type": "presence_diff", "room": room.name, "count": room.size,
+                "joined": [{"id": i, "name": n} for i, n in self.joined.items()],
+                "left": list(self.left)}
+
+
 class Room:
     """Members, the message sequence, history, and the tick's queued events."""
 
     __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
-                 "counting", "count_due", "remote", "loading", "waiting", "behind")
+                 "counting", "count_due", "remote", "loading", "waiting", "behind",
+                 "changes", "changes_since", "diff")
 
     def __init__(self, name: str, order: int, epoch: str, ledger: Ledger) -> None:
         self.name = name
@@ -98,6 +139,11 @@ class Room:
         #: Members resuming past this node's ``seq`` in the same epoch (another
         #: node is ahead): they join once it has caught up, by the deadline.
         self.behind: list[tuple[Member[Any], float]] = []
+        #: Presence changes since ``changes_since`` (a one-second window), and,
+        #: during a storm, the changes gathered for the next ``presence_diff``.
+        self.changes = 0
+        self.changes_since = 0.0
+        self.diff: PresenceDiff | None = None
 
     @property
     def size(self) -> int:

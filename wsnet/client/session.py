@@ -177,7 +177,7 @@ class ClientSession:
         elif kind == "leave" and event.get("id") == self.id:
             return  # our own leave: the room is gone from ``rooms`` already
         else:
-            deliver.append(event)  # join, leave, nick, presence counts, typing
+            deliver.append(event)  # join, leave, nick, presence counts and diffs, typing
 
     def _joined(
         self, room: Any, position: Position, event: Event, deliver: list[Event],
