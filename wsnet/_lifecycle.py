@@ -417,13 +417,7 @@ class Lifecycle:
             outcomes.labels("failed").value += 1
             return False
         outcomes.labels("sent").value += 1
-        self.reactor.cancel(link.timer)
-        link.timer = None
-        link.http = None
-        link.enter(DONE)
-        self.links.remove(link)
-        self._release_address(link)
-        link.forget()
+        self.drop(link)  # its socket is closed here already: only our records go
         return True
 
     def _release_address(self, link: Link) -> None:
