@@ -141,6 +141,16 @@ def held_line(rows: list[Row]) -> list[str]:
             f"deliveries/s, p99 {fmt_ms(v['p99_ms'])})."]
 
 
+def beside_a(rows: list[Row], a_rows: list[Row], *, a_first: bool) -> list[Row]:
+    """Each of ``rows`` next to part (a)'s run at the same rate, if (a) ran it."""
+    ones = {r.values["per_room_rate"]: r for r in a_rows}
+    out: list[Row] = []
+    for row in rows:
+        one = ones.get(row.values["per_room_rate"])
+        out += [row] if one is None else [one, row] if a_first else [row, one]
+    return out
+
+
 def scale_report(rows: list[Row]) -> list[str]:
     by_part: dict[str, list[Row]] = {}
     for row in rows:
@@ -171,10 +181,7 @@ def scale_report(rows: list[Row]) -> list[str]:
             out += ["", f"Workers at {v['per_room_rate']:g} msg/s per room: {line}."]
     if "noaff" in by_part:
         ones = {r.values["per_room_rate"]: r for r in by_part.get("a", [])}
-        paired = []
-        for row in by_part["noaff"]:
-            one = ones.get(row.values["per_room_rate"])
-            paired += [row, one] if one is not None else [row]
+        paired = beside_a(by_part["noaff"], by_part.get("a", []), a_first=False)
         out += ["", "### Room affinity: (a) without it, then with it", "",
                 "`--no-affinity`: each connection stays on the worker that accepted it, so "
                 "every room has members on every worker (as before affinity); with it, the "
@@ -212,10 +219,7 @@ def scale_report(rows: list[Row]) -> list[str]:
                 "the one-second sending window."]
     if "c" in by_part:
         ones = {r.values["per_room_rate"]: r for r in by_part.get("a", [])}
-        interleaved = []
-        for row in by_part["c"]:
-            one = ones.get(row.values["per_room_rate"])
-            interleaved += [one, row] if one is not None else [row]
+        interleaved = beside_a(by_part["c"], by_part.get("a", []), a_first=True)
         pair = [r for r in (ones.get(target_row(by_part["c"]).values["per_room_rate"]),
                             target_row(by_part["c"])) if r is not None]
         out += ["", "### (c) one node against two nodes on the same Redis", "",
