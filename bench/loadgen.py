@@ -25,6 +25,18 @@ and each worker expects, for each of its receivers, exactly its room's count.
 A worker is ready once every client has its join answer (the ``presence``
 snapshot), which with a Redis backplane comes a round trip after the 101.
 
+With ``--resume`` (the storm scenario) a client behaves as the chat page does
+when its connection ends during a run: it reconnects after the page's backoff
+(full jitter over 0.5 s doubling to 15 s; at once after close 1012; the count
+starts over once a connection lived 5 s), with ``since``/``epoch`` in the URL,
+and a sender sends JSON ``message`` commands with a ``cid``, keeps every one it
+has not seen echoed, and sends those again once it is back in its room. Every
+client then follows its room's ``seq``: a delivery is a message numbered one
+above the last it saw; a lower number is a repeat (unless it answers the
+client's own resend), a higher one a loss, and so is a ``gap`` event. The result
+says when each client was first cut off in the run and when it was first back
+in its room.
+
 The orchestrator (``bench/run.py``) drives workers through one JSON line per
 command on stdin, and reads one JSON line per event on stdout::
 
@@ -45,9 +57,12 @@ accepted as a target or a source address.
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
 import gc
+import heapq
 import ipaddress
+import itertools
 import json
 import os
 import random
@@ -97,6 +112,19 @@ ERROR_TAG = b'"type":"error"'
 ERROR_CODE = re.compile(rb'"type":"error","error":"([A-Za-z_]{1,40})"')
 #: Descriptors a worker keeps back beyond its clients (stdin/out/err, selector...).
 RESERVED_FDS = 64
+#: --resume: the chat page's reconnect backoff (wsnet/chat/static/index.html).
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 15.0
+STABLE_S = 5.0
+#: --resume: a connect or handshake not done by then counts as failed (a
+#: browser waits longer; the backoff then applies as for a refusal).
+ATTEMPT_TIMEOUT_S = 10.0
+#: --resume: the events a client follows its room by (the server's encoding:
+#: wsnet/chat/protocol.py, presence.py).
+TRACKED = re.compile(
+    rb'"type":"(?:message","room":"[^"]*","seq":(\d+)'
+    rb'|presence","room":"[^"]*","epoch":"([^"]*)","seq":(\d+)|(gap)")'
+)
 #: Linux's IP_BIND_ADDRESS_NO_PORT: bind() to a source address without picking a
 #: port yet, so ephemeral ports are shared per (source, destination) pair.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -104,8 +132,8 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 
-# Client states.
-CONNECTING, HANDSHAKE, OPEN, CLOSED = range(4)
+# Client states (WAITING: --resume, cut off and waiting for its next attempt).
+CONNECTING, HANDSHAKE, OPEN, CLOSED, WAITING = range(5)
 
 
 def marker(run: int) -> bytes:
@@ -210,6 +238,9 @@ class Client:
         "index", "sock", "fd", "state", "head", "key", "sampled", "deflate", "inflater",
         "pending", "pending_len", "need", "fragments", "fragment_rsv1", "out", "delivered",
         "room", "joined",
+        # --resume
+        "seq", "epoch", "attempt", "attempt_id", "opened_at", "dropped_ns", "resumed_ns",
+        "unacked", "resent",
     )
 
     def __init__(self, index: int, sock: socket.socket, sampled: bool, room: int = 0) -> None:
@@ -233,6 +264,16 @@ class Client:
         self.delivered = 0  # this run's messages received
         self.room = room  # rooms mode: the index of its room
         self.joined = False  # rooms mode: its join answer arrived
+        self.seq = -1  # --resume: the last message number it saw (-1: not joined yet)
+        self.epoch = b""
+        self.attempt = 0  # reconnect attempts since it was last stable
+        self.attempt_id = 0  # which attempt a pending deadline belongs to
+        self.opened_at = 0.0  # when its join answer last arrived
+        self.dropped_ns = 0  # when it was first cut off in this run (0: not yet)
+        self.resumed_ns = 0  # when it was first back in its room after that
+        #: A sender's messages not yet seen echoed, by cid (sent again on rejoin).
+        self.unacked: dict[bytes, bytes] = {}
+        self.resent = 0  # own messages sent again (their answers are no repeats)
 
 
 class Worker:
@@ -272,6 +313,18 @@ class Worker:
         self.error_events: dict[str, int] = {}
         self.joined = 0
         self.join_end_ns = 0
+        # --resume: reconnecting is on during runs; who waits for its next
+        # attempt (due time, client, attempt id) and whose attempt may time out.
+        self.resume = opts.resume
+        self.reconnecting = False
+        self.retries: list[tuple[float, int, int, Client]] = []  # (due, order, attempt, c)
+        self.order = itertools.count()
+        self.attempts: collections.deque[tuple[float, int, Client]] = collections.deque()
+        self.backoff = random.Random(opts.worker_id)
+        self.cid_tag = b'"cid":"w%d.' % opts.worker_id
+        self.cid_pattern = re.compile(re.escape(self.cid_tag) + rb'(\d+)"')
+        self.track = {"missing": 0, "repeats": 0, "gap_events": 0, "resets": 0,
+                      "reconnects": 0, "attempts": 0, "resent": 0}
 
     # -- output ----------------------------------------------------------------
 
@@ -289,6 +342,19 @@ class Worker:
         opts = self.opts
         stride = max(1, opts.sample_stride)
         sampled = index % stride == 0 and index // stride < opts.max_sampled
+        sock = self.new_socket(index)
+        if sock is None:
+            return
+        room = (opts.room_offset + index) % opts.rooms if opts.rooms else 0
+        client = Client(index, sock, sampled, room)
+        self.clients.append(client)
+        self.by_fd[client.fd] = client
+        self.sel.register(sock, WRITE, client)
+        self.in_flight += 1
+
+    def new_socket(self, index: int) -> socket.socket | None:
+        """A non-blocking connect to the server under way (None: it failed at once)."""
+        opts = self.opts
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -301,17 +367,12 @@ class Worker:
         except OSError as exc:
             sock.close()
             self.error(errno.errorcode.get(exc.errno or 0, "connect"))
-            return
+            return None
         if rc not in (0, errno.EINPROGRESS):
             sock.close()
             self.error(errno.errorcode.get(rc, "connect"))
-            return
-        room = (opts.room_offset + index) % opts.rooms if opts.rooms else 0
-        client = Client(index, sock, sampled, room)
-        self.clients.append(client)
-        self.by_fd[client.fd] = client
-        self.sel.register(sock, WRITE, client)
-        self.in_flight += 1
+            return None
+        return sock
 
     def connected(self, c: Client) -> None:
         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -320,6 +381,8 @@ class Worker:
             return
         c.key = new_key()
         room = b"room=%s%d&" % (self.opts.room_prefix.encode(), c.room) if self.rooms else b""
+        if c.seq >= 0:  # --resume: back into the room after the last message it saw
+            room += b"since=%d&epoch=%s&" % (c.seq, c.epoch)
         request = upgrade_request(
             host=self.opts.host.encode(), port=self.opts.port, path=self.opts.path.encode(),
             query=b"%sname=b%d-%d" % (room, self.opts.worker_id, c.index), key=c.key,
@@ -361,6 +424,8 @@ class Worker:
         if c.state in (CONNECTING, HANDSHAKE):
             self.in_flight -= 1
         self.drop(c)
+        if self.reconnecting:
+            self.wait_to_reconnect(c, why)
 
     def drop(self, c: Client) -> None:
         if c.state is CLOSED:
@@ -379,8 +444,103 @@ class Worker:
             self.lost += 1
             self.error(why)
             self.drop(c)
+            if self.reconnecting:
+                self.wait_to_reconnect(c, why)
         else:
             self.fail(c, why)
+
+    # -- reconnecting (--resume) -----------------------------------------------
+
+    def wait_to_reconnect(self, c: Client, why: str) -> None:
+        """The page's backoff: full jitter over base * 2^attempt, capped; the
+        count starts over after a connection that lived STABLE_S, and at 1012."""
+        now = time.monotonic()
+        if not c.dropped_ns:
+            c.dropped_ns = time.monotonic_ns()
+        if why == "close_1012" or (c.opened_at and now - c.opened_at >= STABLE_S):
+            c.attempt = 0
+        c.opened_at = 0.0
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** c.attempt)
+        c.attempt = min(c.attempt + 1, 30)
+        c.state = WAITING
+        c.joined = False
+        c.attempt_id += 1
+        due = now + self.backoff.random() * ceiling
+        heapq.heappush(self.retries, (due, next(self.order), c.attempt_id, c))
+
+    def due_retries(self) -> None:
+        """Start the attempts that are due; fail the ones that took too long."""
+        now = time.monotonic()
+        while self.retries and self.retries[0][0] <= now:
+            _, _, attempt_id, c = heapq.heappop(self.retries)
+            if c.state is WAITING and attempt_id == c.attempt_id:
+                self.reconnect(c, now)
+        while self.attempts and self.attempts[0][0] <= now:
+            _, attempt_id, c = self.attempts.popleft()
+            if attempt_id == c.attempt_id and c.state in (CONNECTING, HANDSHAKE):
+                self.fail(c, "attempt_timeout")
+
+    def reconnect(self, c: Client, now: float) -> None:
+        self.track["attempts"] += 1
+        sock = self.new_socket(c.index)
+        if sock is None:
+            self.wait_to_reconnect(c, "connect")
+            return
+        c.sock, c.fd, c.state = sock, sock.fileno(), CONNECTING
+        c.head, c.pending, c.pending_len, c.need, c.fragments, c.out = b"", [], 0, 0, None, b""
+        c.deflate, c.inflater = False, None
+        self.by_fd[c.fd] = c
+        self.sel.register(sock, WRITE, c)
+        self.in_flight += 1
+        self.attempts.append((now + ATTEMPT_TIMEOUT_S, c.attempt_id, c))
+
+    def follow(self, c: Client, data: bytes, end: int) -> None:
+        """--resume: the client's room by its numbering, over complete events."""
+        track = self.track
+        for m in TRACKED.finditer(data, 0, end):
+            seq = m.group(1)
+            if seq is not None:
+                n = int(seq)
+                if n == c.seq + 1:
+                    c.seq = n
+                    c.delivered += 1
+                    self.delivered += 1
+                elif n > c.seq:
+                    track["missing"] += n - c.seq - 1
+                    c.seq = n
+                else:  # seen before: the answer to its own resend, or a repeat
+                    following = data.find(b',{"type":', m.end(), end)
+                    stop = end if following < 0 else following
+                    if c.resent and data.find(self.cid_tag, m.end(), stop) >= 0:
+                        c.resent -= 1
+                    else:
+                        track["repeats"] += 1
+            elif m.group(4) is not None:
+                track["gap_events"] += 1
+            else:  # a join answer: the room's head, and its epoch
+                epoch = m.group(2)
+                if c.seq < 0:
+                    c.seq = int(m.group(3))
+                elif epoch != c.epoch:  # numbering restarted: what follows is new
+                    track["resets"] += 1
+                    c.seq = 0
+                c.epoch = epoch
+        if c.unacked and data.find(self.cid_tag, 0, end) >= 0:
+            for m in self.cid_pattern.finditer(data, 0, end):
+                c.unacked.pop(m.group(1), None)
+
+    def rejoined(self, c: Client) -> None:
+        """--resume: back in its room: note when, and send again what was not echoed."""
+        c.opened_at = time.monotonic()
+        if c.dropped_ns and not c.resumed_ns:
+            c.resumed_ns = time.monotonic_ns()
+            self.track["reconnects"] += 1
+        for frame in c.unacked.values():
+            self.write(c, frame)
+            if c.state is not OPEN:
+                return
+        c.resent += len(c.unacked)
+        self.track["resent"] += len(c.unacked)
 
     # -- writing ---------------------------------------------------------------
 
@@ -447,9 +607,11 @@ class Worker:
         count = 0
         mark = self.room_marks[c.room] if self.rooms else self.mark
         fast = not c.sampled
+        counting = not self.resume  # --resume counts by seq instead (follow)
         for b0, start, end in spans:
             if b0 == TEXT_FINAL and fast and c.fragments is None:  # whole text, no RSV1
-                count += data.count(mark, start, end)
+                if counting:
+                    count += data.count(mark, start, end)
             else:
                 self.frame(c, b0, data, start, end, now_ns=now_ns)
                 if c.state is not OPEN:
@@ -478,10 +640,14 @@ class Worker:
             missing = data.count(ERROR_TAG, 0, end) - len(found)
             if missing > 0:
                 self.error_events["?"] = self.error_events.get("?", 0) + missing
+        if self.resume:
+            self.follow(c, data, end)
         if not c.joined and data.find(JOINED_TAG, 0, end) >= 0:
             c.joined = True
             self.joined += 1
             self.join_end_ns = time.monotonic_ns()
+            if self.resume:
+                self.rejoined(c)
 
     def frame(self, c: Client, b0: int, data: bytes, start: int, end: int, *, now_ns: int) -> None:
         """The frames the fast path does not take: sampled, compressed, fragmented,
@@ -531,8 +697,9 @@ class Worker:
         if not count:
             self.other_frames += 1
             return
-        c.delivered += count
-        self.delivered += count
+        if not self.resume:
+            c.delivered += count
+            self.delivered += count
         self.last_delivery_ns = time.monotonic_ns()
         if c.sampled:
             hist = self.hist
@@ -578,12 +745,14 @@ class Worker:
     # -- the loop --------------------------------------------------------------
 
     def poll(self, timeout: float) -> None:
+        if self.reconnecting:
+            self.due_retries()
         for key, events in self.sel.select(timeout):
             c = key.data
             if c is None:
                 self.read_stdin()
                 continue
-            if c.state is CLOSED:
+            if c.state is CLOSED or c.state is WAITING:
                 continue
             if c.state is CONNECTING:
                 self.connected(c)
@@ -644,7 +813,9 @@ class Worker:
         closed0, lost0 = self.closed_by_server, self.lost
         for c in self.clients:
             c.delivered = 0
+            c.dropped_ns = c.resumed_ns = 0
         receivers = self.open_clients()
+        self.reconnecting = self.resume
         if self.rooms:
             self.room_marks = [room_marker(self.run_id, r) for r in range(self.rooms)]
             self.room_patterns = {}
@@ -679,7 +850,21 @@ class Worker:
                 c = senders[sent % len(senders)]
                 if self.rooms:
                     by_room[c.room] = by_room.get(c.room, 0) + 1
-                if c.state is OPEN:
+                if self.resume:  # as the page: a command with a cid, kept until echoed
+                    t = time.monotonic_ns()
+                    mark = self.room_marks[c.room]
+                    head = b"%s%d#%d.%d#" % (mark, t, opts.worker_id, sent)
+                    text = (head + pad)[: max(len(head), opts.message_bytes)]
+                    frame = mask_frame(b'{"type":"message","text":"%s","cid":"w%d.%d"}' % (
+                        text, opts.worker_id, sent))
+                    c.unacked[b"%d" % sent] = frame
+                    if c.state is OPEN and c.joined:
+                        self.write(c, frame)
+                    if not first_send_ns:
+                        first_send_ns = t
+                    last_send_ns = t
+                    max_lag_ns = max(max_lag_ns, t - next_due)
+                elif c.state is OPEN:
                     t = time.monotonic_ns()
                     mark = self.room_marks[c.room] if self.rooms else self.mark
                     head = b"%s%d#%d.%d#" % (mark, t, opts.worker_id, sent)
@@ -738,6 +923,17 @@ class Worker:
                 "misrouted": self.seen_any - self.delivered,
                 "error_events": self.error_events,
                 "not_joined": sum(1 for c in receivers if not c.joined),
+            }
+        if self.resume:
+            cut = [c for c in receivers if c.dropped_ns]
+            extra["storm"] = {
+                **self.track,
+                "receivers": len(receivers),
+                "dropped": len(cut),
+                "first_drop_ns": min((c.dropped_ns for c in cut), default=0),
+                # When each client cut off in the run was back in its room (0: never).
+                "resumed_ns": [c.resumed_ns for c in cut],
+                "unacked": sum(len(c.unacked) for c in receivers),
             }
         self.emit({
             "event": "result",
@@ -891,6 +1087,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain", type=float, default=5.0, help="default drain after a run (s)")
     p.add_argument("--max-lifetime", type=float, default=900.0, help="exit after this (s)")
     p.add_argument("--worker-id", type=int, default=0)
+    p.add_argument(
+        "--resume", action="store_true",
+        help="with --rooms: during runs, reconnect as the chat page does and resume with "
+        "since/epoch; senders resend what was not echoed; count deliveries by seq",
+    )
     p.add_argument("--profile", metavar="FILE", help="write a cProfile of this worker to FILE")
     return p
 
@@ -901,6 +1102,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         raise SystemExit("--connections must be 1..19000 (one process may hold ~20k files)")
     if opts.rooms < 0 or opts.room_offset < 0:
         raise SystemExit("--rooms and --room-offset must be >= 0")
+    if opts.resume and not opts.rooms:
+        raise SystemExit("--resume needs --rooms")
     raise_nofile(opts.connections + RESERVED_FDS)
     worker = Worker(opts)
     try:

@@ -35,6 +35,7 @@ from wsbench.scenarios import (
 )
 from wsbench.servers import PROCESSES, SERVER_LOGS, SERVERS, ensure_node_ws
 from wsbench.settings import BENCH, FULL, QUICK, ROOT, SCENARIOS, Scale
+from wsbench.storm import scenario_storm
 
 
 def machine_info() -> dict[str, Any]:
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--scale-sweep", help="worker counts of the sweep, e.g. 2,3,4,5,6 ('' for none)")
     g.add_argument("--scale-sweep-connections", type=int, help="connections of the sweep")
     g.add_argument("--scale-broadcasts", type=int, help="(b): how many single broadcasts")
+    g = p.add_argument_group("the storm scenario (defaults: those of --quick or the full run)")
+    g.add_argument("--storm-connections", help="connections of each storm, e.g. 20000,100000")
+    g.add_argument("--storm-workers", type=int, help="--workers N of the node")
+    g.add_argument("--storm-rate", type=float, help="msg/s per room of 100 meanwhile")
     args = p.parse_args(argv)
     base = QUICK if args.quick else FULL
     big = base.big
@@ -125,8 +130,19 @@ def main(argv: list[str] | None = None) -> int:
             big = dataclasses.replace(big, **change)
     if not set(big.parts) <= {"a", "noaff", "b", "c", "sweep"}:
         p.error("--scale-parts: a subset of a,noaff,b,c,sweep")
+    storm = base.storm
+    for option, name, convert in (
+        ("storm_connections", "connections", lambda v: tuple(int(x) for x in v.split(",") if x)),
+        ("storm_workers", "workers", None),
+        ("storm_rate", "per_room_rate", None),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            storm_change: dict[str, Any] = {name: convert(value) if convert else value}
+            storm = dataclasses.replace(storm, **storm_change)
     scale = dataclasses.replace(
         base, sample_stride=args.sample_stride, max_sampled=args.max_sampled, big=big,
+        storm=storm,
     )
     scenarios = [s for s in args.scenarios.split(",") if s]
     servers = [s for s in args.servers.split(",") if s]
@@ -190,13 +206,14 @@ def run_all(
         log(f" scenario {scenario}")
         rows[scenario] = []
         for kind in kinds:
-            if scenario in ("flush", "store", "scale") and kind.name != "wsnet":
+            if scenario in ("flush", "store", "scale", "storm") and kind.name != "wsnet":
                 continue
             try:
-                if scenario == "scale":
-                    scale_rows, scale_problems = scenario_scale(scale, log)
-                    rows[scenario] += scale_rows
-                    notices += scale_problems
+                if scenario in ("scale", "storm"):
+                    run_scenario = scenario_scale if scenario == "scale" else scenario_storm
+                    own_rows, own_problems = run_scenario(scale, log)
+                    rows[scenario] += own_rows
+                    notices += own_problems
                 elif scenario == "idle":
                     rows[scenario] += scenario_idle(kind, scale, log)
                 elif scenario == "broadcast":
@@ -231,23 +248,24 @@ def run_all(
 
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    if rows.get("scale"):
-        # The scale scenario also has files of its own, so that a run of it
-        # alone (--scenarios scale) leaves latest.md to the whole benchmark.
-        scale_results = {
+    own = [s for s in ("scale", "storm") if rows.get(s)]
+    for scenario in own:
+        # The scale and storm scenarios also have files of their own, so that a
+        # run of one alone (--scenarios scale) leaves latest.md to the whole benchmark.
+        own_results = {
             **results,
-            "scenarios": {"scale": results["scenarios"]["scale"]},
-            "notices": [n for n in notices if n.startswith("scale")],
+            "scenarios": {scenario: results["scenarios"][scenario]},
+            "notices": [n for n in notices if n.startswith(scenario)],
         }
-        markdown = report(scale_results, {"scale": rows["scale"]})
-        for name, text in ((f"scale-{stamp}.json", json.dumps(scale_results, indent=1) + "\n"),
-                           (f"scale-{stamp}.md", markdown)):
+        markdown = report(own_results, {scenario: rows[scenario]})
+        for name, text in ((f"{scenario}-{stamp}.json", json.dumps(own_results, indent=1) + "\n"),
+                           (f"{scenario}-{stamp}.md", markdown)):
             (args.out / name).write_text(text)
             written.append(args.out / name)
-        if scenarios == ["scale"]:
+        if len(scenarios) == 1:
             print()
             print(markdown)
-    if scenarios != ["scale"]:
+    if not set(scenarios) <= {"scale", "storm"}:
         png = args.out / f"{stamp}.png"
         notice = chart(rows, png)
         if notice:

@@ -55,11 +55,15 @@ def start_bench_redis(workdir: Path) -> RedisServer:
         raise RuntimeError(f"redis-server did not start: {exc}") from exc
 
 
-def wsnet_node_command(workers: int, redis_url: str, extra: tuple[str, ...] = ()) -> list[str]:
-    """One wsnet node: the benchmark's usual options, ``--workers N`` on Redis."""
+def wsnet_node_command(
+    workers: int, redis_url: str, extra: tuple[str, ...] = (), port: int = 0,
+) -> list[str]:
+    """One wsnet node: the benchmark's usual options, ``--workers N`` on Redis
+    (on ``port``; 0: any free one)."""
+    argv = wsnet_command(False, None, store=False)
+    argv[argv.index("--port") + 1] = str(port)
     return with_parent_death([
-        *wsnet_command(False, None, store=False), "--workers", str(workers), "--redis", redis_url,
-        *extra,
+        *argv, "--workers", str(workers), "--redis", redis_url, *extra,
     ])
 
 
@@ -139,8 +143,20 @@ class Cluster:
         """Warnings, errors and tracebacks that the wsnet nodes logged."""
         return [line for node in self.nodes for line in node.problem_lines(limit=1 << 20)]
 
+    def restart(self) -> None:
+        """Every node stopped (SIGTERM: its clients get close 1001) and started
+        again on its port, on the same Redis: what a deploy without rolling does."""
+        for i, (node, workers) in enumerate(zip(self.nodes, self.layout, strict=True)):
+            self.log_lines += node.problem_lines(limit=1 << 20)
+            node.stop(timeout=30.0)
+            self.nodes[i] = ServerProcess(
+                wsnet_node_command(workers, self.redis.url, self.extra, port=node.port),
+                start_timeout=60.0,
+            )
+        self.worker_pids()
+
     def stop(self) -> None:
-        self.log_lines = self.problem_lines() or self.log_lines
+        self.log_lines += self.problem_lines()
         for node in self.nodes:
             node.stop(timeout=15.0)
         for pid in self.known_workers:  # a worker that outlived its supervisor
@@ -205,6 +221,7 @@ def rooms_session(
     max_sampled: int,
     drain: float,
     extra: tuple[str, ...] = (),
+    loadgen_options: tuple[str, ...] = (),
 ) -> Iterator[RoomsSession]:
     """Redis, the wsnet nodes, then ``connections`` clients: client g (over all
     load generators) joins room ``r{g % rooms}``, so each load generator holds
@@ -240,6 +257,7 @@ def rooms_session(
                     "--sender-room-first", str(firsts[i]),
                     "--source", f"127.0.0.{2 + i}",  # one source address each
                     "--max-lifetime", str(int(connect_timeout + 1200)),
+                    *loadgen_options,
                 ],
             )
             for i in range(workers)

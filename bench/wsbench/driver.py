@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -69,6 +70,9 @@ class RunResult:
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
     #: Rooms mode: exactness checks and error events, added up over workers.
     rooms: dict[str, Any] = field(default_factory=dict)
+    #: --resume: the workers' reconnect counts added up, and when each client
+    #: cut off in the run was back in its room (``resumed_ns``, 0: never).
+    storm: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -179,9 +183,12 @@ class LoadGen:
 
     def run(
         self, server: Measured, rate: float, duration: float, drain: float,
+        midway: tuple[float, Callable[[], None]] | None = None,
     ) -> RunResult:
         """Send ``rate`` messages/s in total for ``duration`` s, then drain.
-        ``server`` is a ServerProcess or a cluster of processes (cluster.py)."""
+        ``server`` is a ServerProcess or a cluster of processes (cluster.py);
+        ``midway`` (seconds, action): what to do that long into the window
+        (the storm scenario restarts the server)."""
         self.run_id += 1
         start_ns = time.monotonic_ns() + 300_000_000
         total_senders = max(1, sum(self.senders))
@@ -192,6 +199,9 @@ class LoadGen:
             })
         sleep_until_ns(start_ns)
         before = Snapshot.take(server.cpu_pids(), self.pids)
+        if midway is not None:
+            sleep_until_ns(start_ns + int(midway[0] * 1e9))
+            midway[1]()
         sleep_until_ns(start_ns + int(duration * 1e9))
         after = Snapshot.take(server.cpu_pids(), self.pids)
         rss, hwm = server.rss_kb(), server.hwm_kb()
@@ -251,6 +261,7 @@ class LoadGen:
             errors=summed_errors(results),
             cpu_by_pid=cpu_by_pid(before, after),
             rooms=rooms_checks(results) if "by_room" in expect else {},
+            storm=storm_checks(results),
         )
 
     def stop(self) -> list[dict[str, Any]]:
@@ -289,6 +300,19 @@ def rooms_checks(results: list[dict[str, Any]]) -> dict[str, Any]:
         "no_expect": sum(1 for r in results if r.get("expected") is None),
         "error_events": error_events,
     }
+
+
+def storm_checks(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """--resume: the workers' counts added up, their resume times joined."""
+    storms = [r["storm"] for r in results if "storm" in r]
+    if not storms:
+        return {}
+    total: dict[str, Any] = {k: sum(s[k] for s in storms) for k, v in storms[0].items()
+                             if isinstance(v, int) and k != "first_drop_ns"}
+    total["first_drop_ns"] = min((s["first_drop_ns"] for s in storms if s["first_drop_ns"]),
+                                 default=0)
+    total["resumed_ns"] = [t for s in storms for t in s["resumed_ns"]]
+    return total
 
 
 def summed_errors(events: list[dict[str, Any]]) -> dict[str, int]:

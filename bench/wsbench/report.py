@@ -18,12 +18,15 @@ from wsbench.settings import (
     STORE_CPU_RATIO,
     STORE_P99_EXTRA_MS,
 )
+from wsbench.storm import storm_notices, storm_report
 
 
 def row_notices(row: Row) -> list[str]:
     """What a reader of one row must know to trust it (or not)."""
     if row.scenario == "scale":
         return scale_notices(row)
+    if row.scenario == "storm":
+        return storm_notices(row)
     v = row.values
     where = f"{row.scenario} / {row.server} / {row.connections:,}" + (
         f" x {v['rate']:g}/s" if "rate" in v else ""
@@ -181,6 +184,7 @@ TITLES = {
     "flush": "wsnet flush interval: 0 (every loop turn) vs 50 ms ticks",
     "store": "Durable store: SQLite (the default) vs --store memory, clients in rooms",
     "scale": "Scale: wsnet --workers N on one Redis, rooms spanning workers",
+    "storm": "Storm: every client cut off by a restart at once, reconnecting and resuming",
 }
 
 
@@ -228,6 +232,9 @@ def report(results: dict[str, Any], rows: dict[str, list[Row]]) -> str:
             continue
         if scenario == "scale":
             out += ["", f"## {TITLES[scenario]}", "", *scale_report(scenario_rows)]
+            continue
+        if scenario == "storm":
+            out += ["", f"## {TITLES[scenario]}", "", *storm_report(scenario_rows)]
             continue
         out += ["", f"## {TITLES[scenario]}", "", *table(scenario_rows, scenario)]
         if scenario == "saturation":

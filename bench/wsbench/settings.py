@@ -50,6 +50,21 @@ class ScaleSizes:
 
 
 @dataclass(frozen=True)
+class StormSizes:
+    """The storm scenario (wsnet only): every client cut off at once, resuming."""
+
+    connections: tuple[int, ...] = (20_000, 100_000)  # one storm each
+    room_size: int = 100
+    #: Light (a message per room every 5 s): the storm is about reconnecting,
+    #: and every client still has something to miss and resume.
+    per_room_rate: float = 0.2
+    workers: int = 6
+    window: float = 60.0  # seconds of sending...
+    restart_at: float = 5.0  # ...the node restarted this far into it
+    drain: float = 30.0
+
+
+@dataclass(frozen=True)
 class Scale:
     """The sizes and durations of every scenario."""
 
@@ -76,6 +91,7 @@ class Scale:
     sample_stride: int = 20  # every 20th client measures latency (5 %)...
     max_sampled: int = 25  # ...at most this many per worker
     big: ScaleSizes = ScaleSizes()
+    storm: StormSizes = StormSizes()
 
 
 FULL = Scale(
@@ -116,8 +132,9 @@ QUICK = Scale(
         idle_window=1.0,
         broadcast_drain=10.0, sweep=(1, 2), sweep_connections=2000, sweep_window=2.0, drain=5.0,
     ),
+    storm=StormSizes(connections=(1000,), workers=2, window=12.0, restart_at=3.0, drain=10.0),
 )
-SCENARIOS = ("idle", "broadcast", "saturation", "deflate", "flush", "store", "scale")
+SCENARIOS = ("idle", "broadcast", "saturation", "deflate", "flush", "store", "scale", "storm")
 
 
 # -- the scale scenario (see wsbench/scale.py) ------------------------------------
@@ -140,3 +157,12 @@ SCALE_RSS_TARGET_KB = 1_000_000_000 // 1024  # 1 GB (10^9 bytes) in KiB
 #: history): p99 at most this many ms more, server CPU at most this ratio.
 STORE_P99_EXTRA_MS = 5.0
 STORE_CPU_RATIO = 1.15
+
+
+# -- the storm scenario (see wsbench/storm.py) ------------------------------------
+
+#: The issue's targets: this share of the clients cut off back in their rooms
+#: within STORM_MOST_S of the restart, and all of them within STORM_ALL_S.
+STORM_MOST = 0.99
+STORM_MOST_S = 20.0
+STORM_ALL_S = 40.0
