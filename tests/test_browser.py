@@ -544,19 +544,20 @@ def test_a_direct_message_from_the_member_list_and_the_typing_indicator(
 def test_a_presence_storm_reaches_the_member_list_as_diffs(
     server_factory: ServerFactory, chat_page: ChatPageFactory,
 ) -> None:
-    """Fifteen clients (the websockets library, a peer of its own) join within a
-    second and eight leave again: the room switches to presence_diff, and the
-    page's member list ends right from the diffs alone."""
+    """Twenty clients (the websockets library, a peer of its own) join within a
+    second (2 + 3 + ... + 21 = 230 frames as single events, past the 200 of
+    presence_storm_frames) and eight leave again: the room switches to
+    presence_diff, and the page's member list ends right from the diffs alone."""
     server = server_factory()
     ann = chat_page(server.port)
     ann.join("ann", "storm")
     ann.expect_members(["ann"])
     url = f"ws://127.0.0.1:{server.port}/?room=storm&name="
-    crowd = [ws_connect(f"{url}s{i:02}", open_timeout=STEP / 1000) for i in range(15)]
+    crowd = [ws_connect(f"{url}s{i:02}", open_timeout=STEP / 1000) for i in range(20)]
     try:
         for client in crowd[:8]:
             client.close()
-        ann.expect_members(sorted(["ann", *(f"s{i:02}" for i in range(8, 15))]))
+        ann.expect_members(sorted(["ann", *(f"s{i:02}" for i in range(8, 20))]))
         kinds = {event["type"] for socket in ann.sockets for frame in socket.frames
                  for event in json.loads(frame) if isinstance(event, dict)}
         assert "presence_diff" in kinds, kinds

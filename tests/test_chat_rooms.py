@@ -559,7 +559,9 @@ def presence_kinds(events: list[Event]) -> list[str]:
 
 
 def storm_harness() -> Harness:
-    h = Harness(presence_storm=3, presence_diff_interval=1.5)
+    # Single events cost a frame per member: c, d and e joining cost 3 + 4 + 5
+    # = 12 frames, within 13; f's 6 more start the storm.
+    h = Harness(presence_storm_frames=13, presence_diff_interval=1.5)
     h.connect("a")
     h.connect("b")
     h.clock.now += 2.0  # a quiet second: the storm window starts afresh
@@ -576,7 +578,7 @@ def test_a_quiet_room_hears_each_join_and_leave_on_its_own() -> None:
 
 def test_a_burst_of_joins_becomes_one_diff_after_the_interval() -> None:
     h = storm_harness()
-    for peer in ("c", "d", "e", "f", "g"):  # 5 changes in one second, storm at the 4th
+    for peer in ("c", "d", "e", "f", "g"):  # 5 joins in one second, storm at the 4th
         h.connect(peer)
     got = h.tick()
     assert presence_kinds(got["a"]) == ["join", "join", "join"]  # c, d, e: below the storm
@@ -587,7 +589,7 @@ def test_a_burst_of_joins_becomes_one_diff_after_the_interval() -> None:
     assert got["a"] == [{"type": "presence_diff", "room": "lobby", "count": 7,
                          "joined": [{"id": "f", "name": "f"}, {"id": "g", "name": "g"}],
                          "left": []}]
-    # The storm ended (2 changes in the interval): single events again.
+    # The storm ended (f and g, 6 + 7 frames in the interval): single events again.
     h.connect("h")
     assert presence_kinds(h.tick()["a"]) == ["join"]
 
@@ -633,8 +635,8 @@ def test_a_storm_that_goes_on_sends_a_diff_every_interval() -> None:
     assert last["count"] == 62
 
 
-def test_presence_storm_zero_turns_diffs_off() -> None:
-    h = Harness(presence_storm=0)
+def test_presence_storm_frames_zero_turns_diffs_off() -> None:
+    h = Harness(presence_storm_frames=0)
     for i in range(30):
         h.connect(f"p{i}")
     h.tick()

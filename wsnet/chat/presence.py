@@ -5,11 +5,14 @@ rename and get the full list on joining. Past it, the room switches to a count,
 sent at most once per ``count_interval`` (a room of thousands would otherwise
 spend its frames on presence), and back to the list once it is small again.
 
-A list-mode room whose presence changes more than ``presence_storm`` times in
-a second (everyone reconnecting after a restart) hears its changes as one
+A list-mode room whose presence events would cost more than
+``presence_storm_frames`` frames in a second (each change is a frame to every
+local member: everyone reconnecting after a restart) hears its changes as one
 ``presence_diff`` per ``presence_diff_interval`` instead, as Phoenix does: a
 frame per member per interval rather than one per member per join. After an
-interval with at most ``presence_storm`` changes it goes back to single events.
+interval whose changes would have cost at most that many frames it goes back to
+single events. A small room keeps single events through ordinary churn; a room
+of 100 switches at a few changes a second.
 ``Presence`` keeps these switches in one place for local and remote changes. Pure.
 """
 
@@ -57,7 +60,7 @@ class Presence:
         self._timer = timer
         self._batch = batch
         self._counts: set[Room] = set()  # counting rooms whose count changed
-        self._storm = settings.presence_storm
+        self._storm = settings.presence_storm_frames
         self._diff_interval = settings.presence_diff_interval
         self._diffs: set[Room] = set()  # rooms in a storm, gathering a diff
 
@@ -74,24 +77,25 @@ class Presence:
             self._batch.emit(room, encode_event(count_event(room)))
             room.count_due = self._timer() + self._interval
         elif room.diff is not None:
-            room.diff.add(kind, ident, name)
+            room.diff.add(kind, ident, name, len(room.members))
         elif self._stormy(room):
             room.diff = PresenceDiff(self._timer() + self._diff_interval)
-            room.diff.add(kind, ident, name)
+            room.diff.add(kind, ident, name, len(room.members))
             self._diffs.add(room)
         else:
             self._batch.emit(room, encoded)
 
     def _stormy(self, room: Room) -> bool:
-        """Counts this change; True once the room had more than ``presence_storm``
-        in its current one-second window."""
+        """Counts this change's frames (one per local member); True once the
+        room's changes cost more than ``presence_storm_frames`` in its current
+        one-second window."""
         if not self._storm:
             return False
         now = self._timer()
-        if now - room.changes_since >= 1.0:
-            room.changes_since, room.changes = now, 0
-        room.changes += 1
-        return room.changes > self._storm
+        if now - room.storm_since >= 1.0:
+            room.storm_since, room.storm_frames = now, 0
+        room.storm_frames += len(room.members)
+        return room.storm_frames > self._storm
 
     def _end_storm(self, room: Room) -> None:
         room.diff = None
@@ -130,11 +134,11 @@ class Presence:
             event = diff.event(room)
             if event is not None:
                 self._batch.emit(room, encode_event(event))
-            if diff.changes > self._storm:  # still a storm: the next diff
+            if diff.frames > self._storm:  # still a storm: the next diff
                 room.diff = PresenceDiff(now + self._diff_interval)
             else:
                 self._end_storm(room)
-                room.changes_since, room.changes = now, 0
+                room.storm_since, room.storm_frames = now, 0
         for room in [r for r in self._counts if now >= r.count_due]:
             self._counts.discard(room)
             room.count_due = now + self._interval

@@ -74,17 +74,17 @@ class PresenceDiff:
     An id is in at most one of the two, so a client may apply them in any
     order; a member that joined and left within one diff is in neither."""
 
-    __slots__ = ("joined", "left", "fresh", "changes", "due")
+    __slots__ = ("joined", "left", "fresh", "frames", "due")
 
     def __init__(self, due: float) -> None:
         self.joined: dict[str, str] = {}
         self.left: dict[str, None] = {}  # an ordered set
         self.fresh: set[str] = set()  # joined within this diff: nobody heard of them yet
-        self.changes = 0
+        self.frames = 0  # what its changes would have cost as single events
         self.due = due
 
-    def add(self, kind: str, ident: str, name: str) -> None:
-        self.changes += 1
+    def add(self, kind: str, ident: str, name: str, frames: int) -> None:
+        self.frames += frames
         if kind == "leave":
             self.joined.pop(ident, None)
             if ident in self.fresh:
@@ -113,7 +113,7 @@ class Room:
 
     __slots__ = ("name", "order", "epoch", "seq", "members", "multi", "pending", "history",
                  "counting", "count_due", "remote", "loading", "waiting", "behind",
-                 "changes", "changes_since", "diff")
+                 "storm_frames", "storm_since", "diff")
 
     def __init__(self, name: str, order: int, epoch: str, ledger: Ledger) -> None:
         self.name = name
@@ -139,10 +139,11 @@ class Room:
         #: Members resuming past this node's ``seq`` in the same epoch (another
         #: node is ahead): they join once it has caught up, by the deadline.
         self.behind: list[tuple[Member[Any], float]] = []
-        #: Presence changes since ``changes_since`` (a one-second window), and,
-        #: during a storm, the changes gathered for the next ``presence_diff``.
-        self.changes = 0
-        self.changes_since = 0.0
+        #: The frames its presence events cost since ``storm_since`` (a
+        #: one-second window), and, during a storm, the changes gathered for the
+        #: next ``presence_diff``.
+        self.storm_frames = 0
+        self.storm_since = 0.0
         self.diff: PresenceDiff | None = None
 
     @property
