@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-sampled", type=int, default=25,
                    help="at most this many latency-measuring clients per worker (default 25)")
     g = p.add_argument_group("the scale scenario (defaults: those of --quick or the full run)")
-    g.add_argument("--scale-parts", help="comma-separated subset of a,noaff,b,c,sweep "
+    g.add_argument("--scale-parts", help="comma-separated subset of a,noaff,b,c,sweep,stall "
                    "(noaff: (a) with --no-affinity, to compare)")
     g.add_argument("--scale-lighter-rates",
                    help="msg/s per room run before the target in (a), (c), noaff ('' for none)")
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--scale-sweep", help="worker counts of the sweep, e.g. 2,3,4,5,6 ('' for none)")
     g.add_argument("--scale-sweep-connections", type=int, help="connections of the sweep")
     g.add_argument("--scale-broadcasts", type=int, help="(b): how many single broadcasts")
+    g.add_argument("--scale-stall-window", type=float, help="(stall): seconds of sending")
     g = p.add_argument_group("the storm scenario (defaults: those of --quick or the full run)")
     g.add_argument("--storm-connections", help="connections of each storm, e.g. 20000,100000")
     g.add_argument("--storm-workers", type=int, help="--workers N of the node")
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         ("scale_sweep", "sweep", lambda v: tuple(int(x) for x in v.split(",") if x)),
         ("scale_sweep_connections", "sweep_connections", None),
         ("scale_broadcasts", "broadcasts", None),
+        ("scale_stall_window", "stall_window", None),
         ("scale_lighter_rates", "lighter_rates",
          lambda v: tuple(float(x) for x in v.split(",") if x)),
     ):
@@ -128,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             change: dict[str, Any] = {name: convert(value) if convert else value}
             big = dataclasses.replace(big, **change)
-    if not set(big.parts) <= {"a", "noaff", "b", "c", "sweep"}:
-        p.error("--scale-parts: a subset of a,noaff,b,c,sweep")
+    if not set(big.parts) <= {"a", "noaff", "b", "c", "sweep", "stall"}:
+        p.error("--scale-parts: a subset of a,noaff,b,c,sweep,stall")
     storm = base.storm
     for option, name, convert in (
         ("storm_connections", "connections", lambda v: tuple(int(x) for x in v.split(",") if x)),

@@ -52,6 +52,7 @@ class RunResult:
     p50_ms: float | None
     p90_ms: float | None
     p99_ms: float | None
+    p999_ms: float | None
     max_ms: float | None
     samples: int
     server_cpu: float
@@ -245,6 +246,7 @@ class LoadGen:
             p50_ms=ms(50),
             p90_ms=ms(90),
             p99_ms=ms(99),
+            p999_ms=ms(99.9),
             max_ms=hist.max_us / 1000 if hist.n else None,
             samples=hist.n,
             server_cpu=server_cpu,

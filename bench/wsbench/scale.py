@@ -2,8 +2,8 @@
 (SO_REUSEPORT) and a Redis backplane, up to 100,000 connections in rooms whose
 members are spread over load-generator processes and hence over workers, so every
 room spans workers through Redis. Parts: (a) rooms of 100 at 1 msg/s each, (b)
-one broadcast to everyone in one room, (c) (a) on one node against two nodes, and
-a sweep of N. See "The scale scenario" in bench/README.md.
+one broadcast to everyone in one room, (c) (a) on one node against two nodes, a
+sweep of N, and (stall) one process for ten minutes. See "The scale scenario" in bench/README.md.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def rooms_values(s: RoomsSession, r: RunResult | None) -> dict[str, Any]:
         "p50_ms": r.p50_ms,
         "p90_ms": r.p90_ms,
         "p99_ms": r.p99_ms,
+        "p999_ms": r.p999_ms,
         "max_ms": r.max_ms,
         "samples": r.samples,
         **r.rooms,
@@ -196,6 +197,10 @@ def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row],
         parts.append(("c", lambda: scale_rooms_part(
             "c", sizes.nodes, sizes.connections, sizes.window, scale=scale, rates=loads,
             idle_window=sizes.idle_window, log=log)))
+    if "stall" in sizes.parts:  # one process, a long window: the worst latencies
+        parts.append(("stall", lambda: scale_rooms_part(
+            "stall", (1,), sizes.stall_connections, sizes.stall_window, scale=scale,
+            rates=(sizes.per_room_rate,), log=log)))
     if "sweep" in sizes.parts:
         for n in sizes.sweep:
             parts.append((f"sweep N={n}", functools.partial(

@@ -15,6 +15,8 @@ from wsbench.settings import (
     SCALE_CPU_PER_DELIVERY_TARGET_US,
     SCALE_P99_TARGET_MS,
     SCALE_RSS_TARGET_KB,
+    STALL_MAX_TARGET_MS,
+    STALL_P999_TARGET_MS,
 )
 
 
@@ -102,6 +104,22 @@ def scale_targets(v: dict[str, Any]) -> str:
         f"= {v['rss_total_kb'] * 1024 / 1e9:.2f} GB (target <= 1 GB): {verdict(rss_ok)} "
         f"(peak, VmHWM summed: {v['hwm_total_kb'] * 1024 / 1e9:.2f} GB){cpu}"
     )
+
+
+def stall_targets(v: dict[str, Any]) -> str:
+    """The worst latencies of one process over the long window, against the issue's
+    targets (max latency bounds any stall of the loop: a stall delays every message
+    sent during it)."""
+    p999, worst = v.get("p999_ms"), v.get("max_ms")
+
+    def verdict(value: float | None, target: float) -> str:
+        return "met" if value is not None and value <= target else "**not met**"
+
+    return (f"Over {v.get('samples', 0):,} samples: p99.9 {fmt_ms(p999)} (target <= "
+            f"{STALL_P999_TARGET_MS:g} ms): {verdict(p999, STALL_P999_TARGET_MS)}; max "
+            f"{fmt_ms(worst)} (no stall over {STALL_MAX_TARGET_MS:g} ms): "
+            f"{verdict(worst, STALL_MAX_TARGET_MS)}; every message delivered: "
+            f"{'met' if exact(v) else '**not met**'}.")
 
 
 def workers_line(v: dict[str, Any]) -> str:
@@ -247,6 +265,12 @@ def scale_report(rows: list[Row]) -> list[str]:
             out.append(f"| {name} | " + " | ".join(cell(r) for r in pair) + " |")
         out += ["", "Targets, two nodes: " + scale_targets(target_row(by_part["c"]).values) + "."]
         out += held_line(by_part["c"])
+    if "stall" in by_part:
+        row = by_part["stall"][0]
+        v = row.values
+        out += ["", f"### (stall) one process, {row.connections:,} connections, "
+                f"{v['window_s'] / 60:g} minutes at {v['per_room_rate']:g} msg/s per room", "",
+                *scale_table(by_part["stall"]), "", stall_targets(v)]
     if "sweep" in by_part:
         sweep = by_part["sweep"]
         v = sweep[0].values

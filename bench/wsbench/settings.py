@@ -46,7 +46,11 @@ class ScaleSizes:
     sweep_connections: int = 30_000
     sweep_window: float = 20.0
     drain: float = 10.0
-    parts: tuple[str, ...] = ("a", "noaff", "b", "c", "sweep")
+    #: (stall): one process holding this many connections at the target load
+    #: for this long, judged by its worst latencies (the cyclic GC's pauses).
+    stall_connections: int = 19_000
+    stall_window: float = 600.0
+    parts: tuple[str, ...] = ("a", "noaff", "b", "c", "sweep", "stall")
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ QUICK = Scale(
         connections=5000, window=3.0, workers=2, nodes=(1, 1), broadcasts=1, lighter_rates=(),
         idle_window=1.0,
         broadcast_drain=10.0, sweep=(1, 2), sweep_connections=2000, sweep_window=2.0, drain=5.0,
+        stall_connections=2000, stall_window=5.0,
     ),
     storm=StormSizes(connections=(1000,), workers=2, window=12.0, restart_at=3.0, drain=10.0),
 )
@@ -153,6 +158,9 @@ SCALE_CPU_PER_DELIVERY_TARGET_US = 7.0
 #: says that the numbers may suffer from it.
 OTHER_BUSY = 25.0
 SCALE_RSS_TARGET_KB = 1_000_000_000 // 1024  # 1 GB (10^9 bytes) in KiB
+#: (stall): the issue's targets for one process over ten minutes.
+STALL_P999_TARGET_MS = 100.0
+STALL_MAX_TARGET_MS = 150.0
 #: The store's targets against --store memory in the same run (issue: durable
 #: history): p99 at most this many ms more, server CPU at most this ratio.
 STORE_P99_EXTRA_MS = 5.0

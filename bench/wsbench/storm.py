@@ -79,7 +79,7 @@ def storm_part(connections: int, scale: Scale, log: Callable[[str], None]) -> Ro
 
         def restart() -> None:
             marks["storm_ns"] = time.monotonic_ns()
-            s.cluster.restart()
+            marks["stop_s"], marks["start_s"] = s.cluster.restart()
             marks["restart_s"] = (time.monotonic_ns() - marks["storm_ns"]) / 1e9
 
         r = s.loadgen.run(s.cluster, sizes.per_room_rate * rooms, sizes.window, sizes.drain,
@@ -97,6 +97,8 @@ def storm_part(connections: int, scale: Scale, log: Callable[[str], None]) -> Ro
             "handshakes_per_s": round(s.handshakes_per_s),
             "connect_s": round(s.connect_s, 1),
             "restart_s": round(marks.get("restart_s", 0.0), 2),
+            "stop_s": round(marks.get("stop_s", 0.0), 2),
+            "start_s": round(marks.get("start_s", 0.0), 2),
             "sent": r.sent,
             "receivers": r.receivers,
             "delivered": r.delivered,
@@ -113,7 +115,8 @@ def storm_part(connections: int, scale: Scale, log: Callable[[str], None]) -> Ro
             **resume_values(r.storm, int(marks.get("storm_ns", 0))),
         }
         v["exactly_once"] = exactly_once(v)
-        log(f"  storm {connections:,}: restart took {v['restart_s']:.1f} s; of {v['dropped']:,} "
+        log(f"  storm {connections:,}: restart took {v['restart_s']:.1f} s (stop "
+            f"{v['stop_s']:.1f} s, start {v['start_s']:.1f} s); of {v['dropped']:,} "
             f"cut off {v['resumed_within_most']:.2%} back within {STORM_MOST_S:g} s, "
             f"{v['resumed_within_all']:.2%} within {STORM_ALL_S:g} s (p50/p99/max "
             f"{v['resume_p50_s']} / {v['resume_p99_s']} / {v['resume_max_s']} s); delivered "
@@ -162,9 +165,9 @@ def storm_report(rows: list[Row]) -> list[str]:
         "missing: numbers skipped; repeats: numbers seen again (not counting answers to a "
         "client's own resend).",
         "",
-        "| Connections | Initial handshakes/s | Restart took | Cut off | Back within "
-        f"{STORM_MOST_S:g} s | within {STORM_ALL_S:g} s | Back p50 / p99 / max | Never | "
-        "Delivered | Missing / repeats / gaps / resets | Errors |",
+        "| Connections | Initial handshakes/s | Restart took (stop + start) | Cut off | "
+        f"Back within {STORM_MOST_S:g} s | within {STORM_ALL_S:g} s | Back p50 / p99 / max | "
+        "Never | Delivered | Missing / repeats / gaps / resets | Errors |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
@@ -175,7 +178,8 @@ def storm_report(rows: list[Row]) -> list[str]:
         if v.get("short_conns") or v.get("over_conns"):
             delivered += f" ({v.get('short_conns', 0):,} short, {v.get('over_conns', 0):,} over)"
         out.append(
-            f"| {row.connections:,} | {v['handshakes_per_s']:,} | {v['restart_s']:.1f} s | "
+            f"| {row.connections:,} | {v['handshakes_per_s']:,} | {v['restart_s']:.1f} s "
+            f"({v.get('stop_s', 0):.1f} + {v.get('start_s', 0):.1f}) | "
             f"{v['dropped']:,} | {v['resumed_within_most']:.2%} | "
             f"{v['resumed_within_all']:.2%} | {spread} | {v['never_resumed']:,} | {delivered} | "
             f"{v['missing']:,} / {v['repeats']:,} / {v['gap_events']:,} / {v['resets']:,} | "
