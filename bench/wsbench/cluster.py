@@ -202,7 +202,9 @@ def check_scale_limits(connections: int, layout: tuple[int, ...], loadgens: list
     """Fail clearly, before starting anything, if the descriptor limit or the
     ephemeral ports cannot hold the connections."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    per_worker = math.ceil(connections / sum(layout) * REUSEPORT_SLACK) + 200
+    # One process takes every connection itself: no uneven spread to allow for.
+    slack = REUSEPORT_SLACK if sum(layout) > 1 else 1.0
+    per_worker = math.ceil(connections / sum(layout) * slack) + 200
     if soft != resource.RLIM_INFINITY and per_worker + WSNET_RESERVED_FDS > soft:
         raise RuntimeError(
             f"{connections:,} connections over {sum(layout)} wsnet workers is up to "
