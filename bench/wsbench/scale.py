@@ -179,8 +179,6 @@ def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row],
     """Every part of the scale scenario; a part that fails is a notice, and the
     others still run."""
     sizes = scale.big
-    rows: list[Row] = []
-    notices: list[str] = []
     parts: list[tuple[str, Callable[[], list[Row]]]] = []
     loads = (*sizes.lighter_rates, sizes.per_room_rate)
     if "a" in sizes.parts:
@@ -207,11 +205,21 @@ def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row],
                 scale_rooms_part, "sweep", (n,), sizes.sweep_connections, sizes.sweep_window,
                 scale=scale, rates=(sizes.per_room_rate,), log=log,
             )))
-    for name, part in parts:
+    return run_parts([(f"scale ({name})", part) for name, part in parts], log)
+
+
+def run_parts(
+    parts: list[tuple[str, Callable[[], list[Row]]]], log: Callable[[str], None],
+) -> tuple[list[Row], list[str]]:
+    """Each part in turn (label, run): a part that fails is a notice starting
+    with its label, and the others still run."""
+    rows: list[Row] = []
+    notices: list[str] = []
+    for label, part in parts:
         try:
             rows += part()
         except RuntimeError as exc:
-            notice = f"scale ({name}) failed: {exc}"
+            notice = f"{label} failed: {exc}"
             log(f"  {notice}")
             notices.append(notice)
         time.sleep(2.0)  # the last session's sockets close before the next starts

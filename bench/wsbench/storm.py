@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wsbench.cluster import rooms_session
-from wsbench.scale import layout_label
+from wsbench.scale import layout_label, run_parts
 from wsbench.scale_report import scale_errors_cell
 from wsbench.scenarios import Row
 from wsbench.settings import (
@@ -127,17 +127,10 @@ def storm_part(connections: int, scale: Scale, log: Callable[[str], None]) -> Ro
 
 def scenario_storm(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row], list[str]]:
     """One storm per size; a size that fails is a notice, and the others still run."""
-    rows: list[Row] = []
-    notices: list[str] = []
-    for connections in scale.storm.connections:
-        try:
-            rows.append(storm_part(connections, scale, log))
-        except RuntimeError as exc:
-            notice = f"storm {connections:,} failed: {exc}"
-            log(f"  {notice}")
-            notices.append(notice)
-        time.sleep(2.0)  # the last session's sockets close before the next starts
-    return rows, notices
+    def one(connections: int) -> Callable[[], list[Row]]:
+        return lambda: [storm_part(connections, scale, log)]
+
+    return run_parts([(f"storm {n:,}", one(n)) for n in scale.storm.connections], log)
 
 
 def storm_targets(v: dict[str, Any]) -> str:
