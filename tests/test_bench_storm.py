@@ -133,8 +133,7 @@ def storm(store: str, data_dir: str) -> dict[str, Any]:
     """200 clients in 4 rooms, 20 msg/s in all for 4 s, the server restarted 1 s
     in; ``store``: "sqlite" (the default, in ``data_dir``) or "memory"."""
     def start(port: int) -> ServerProcess:
-        argv = wsnet_command(False, None, store=False)
-        argv[argv.index("--port") + 1] = str(port)
+        argv = wsnet_command(False, None, store=False, port=port)
         store_args = ["--store", "memory"] if store == "memory" else ["--data-dir", data_dir]
         return ServerProcess([*argv, *store_args])
 

@@ -60,10 +60,9 @@ def wsnet_node_command(
 ) -> list[str]:
     """One wsnet node: the benchmark's usual options, ``--workers N`` on Redis
     (on ``port``; 0: any free one)."""
-    argv = wsnet_command(False, None, store=False)
-    argv[argv.index("--port") + 1] = str(port)
     return with_parent_death([
-        *argv, "--workers", str(workers), "--redis", redis_url, *extra,
+        *wsnet_command(False, None, store=False, port=port), "--workers", str(workers),
+        "--redis", redis_url, *extra,
     ])
 
 

@@ -39,12 +39,15 @@ class ServerKind:
         return self.name if flush_ms is None else f"{self.name} (flush {flush_ms:g} ms)"
 
 
-def wsnet_command(deflate: bool, flush_ms: float | None, *, store: bool = True) -> list[str]:
+def wsnet_command(
+    deflate: bool, flush_ms: float | None, *, store: bool = True, port: int = 0,
+) -> list[str]:
     # The default config, except the per-client rate limit (a benchmark sender
     # exceeds 50 msg/s by design) and the store: history in memory, as the
     # peers keep it (the store scenario measures the durable default; with
     # Redis, ``store=False``, Redis keeps it and there is no store to choose).
-    argv = [sys.executable, "-m", "wsnet", "--port", "0", "--log-level", "warning"]
+    # Port 0: any free one (a restart passes the port it had).
+    argv = [sys.executable, "-m", "wsnet", "--port", str(port), "--log-level", "warning"]
     argv += ["--rate-limit", "0", *(["--store", "memory"] if store else [])]
     if flush_ms is not None:
         argv += ["--flush-interval-ms", f"{flush_ms:g}"]
