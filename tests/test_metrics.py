@@ -323,6 +323,10 @@ def test_chat_metrics_follow_traffic(chat_server: ServerProcess) -> None:
     assert value(during, "wsnet_outbox_bytes") >= 0
     assert value(during, "wsnet_uptime_seconds") > 0
     assert value(during, "wsnet_process_resident_memory_bytes") > MIB
+    # Every flush tick reports its lateness once: at most one per 50 ms of life.
+    ticks = value(during, "wsnet_tick_lateness_seconds_count")
+    assert 1 <= ticks <= value(during, "wsnet_uptime_seconds") / 0.05 + 1
+    assert value(during, "wsnet_tick_lateness_seconds_bucket", le="+Inf") == ticks
     for name in (
         "wsnet_slow_consumer_closes_total",
         "wsnet_rate_limited_messages_total",

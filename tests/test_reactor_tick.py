@@ -25,16 +25,24 @@ class SlowTicks:
         self.clock.now += self.durations.pop(0) if self.durations else 0.001
 
 
-def run_ticks(durations: list[float], count: int) -> list[float]:
+def run_ticks(
+    durations: list[float], count: int, *, lateness: list[float] | None = None,
+    stalls: list[float] | None = None,
+) -> list[float]:
+    """Tick start times; ``stalls``: how long past each deadline the loop
+    wakes (a turn that blocked); ``lateness`` collects what the loop reports."""
     clock = FakeClock()
     ticks = SlowTicks(clock, durations)
     loop = Loop(flush_interval=0.05, tick=ticks.tick, clock=clock)
+    if lateness is not None:
+        loop.on_tick_late = lambda late: lateness.append(round(late, 6))
     try:
         loop.arm_tick()
         for _ in range(count):
             when = loop.timers.next_deadline()
             assert when is not None
-            clock.now = max(clock.now, when)  # the loop sleeps until the deadline
+            stall = stalls.pop(0) if stalls else 0.0
+            clock.now = max(clock.now, when + stall)  # sleeps until the deadline
             loop.timers.run_due(clock.now, on_error=lambda exc: pytest.fail(repr(exc)))
     finally:
         loop.close()
@@ -55,6 +63,15 @@ def test_a_long_overrun_skips_older_missed_ticks() -> None:
     # The 0.05 tick takes 170 ms (to 0.22): 0.10 and 0.15 are skipped, 0.20 runs
     # at once, then 0.25 on the grid. No burst of three ticks.
     assert run_ticks([0.17], 3) == [0.05, 0.22, 0.25]
+
+
+def test_each_tick_reports_how_late_it_ran() -> None:
+    # On time; the 0.10 tick runs 300 ms late (a blocked turn) and takes 80 ms;
+    # the catch-up for 0.45 runs at once (0.48, 30 ms late); back on the grid.
+    late: list[float] = []
+    started = run_ticks([0.001, 0.08], 4, lateness=late, stalls=[0.0, 0.3])
+    assert started == [0.05, 0.4, 0.48, 0.5]
+    assert late == [0.0, 0.3, 0.03, 0.0]
 
 
 def test_a_stop_request_from_another_thread_wakes_the_sleeping_loop() -> None:

@@ -195,6 +195,7 @@ class Lifecycle:
             send_buffer=config.socket_send_buffer,
         )
         self.metrics = ServerMetrics()
+        reactor.loop.on_tick_late = self.metrics.tick_lateness.observe
         self.fanout = Fanout(config.outbox_limit, reactor.mark_dirty, self.metrics)
         self.links: set[Link] = set()
         self.open = 0

@@ -55,6 +55,10 @@ class Loop:
         self.on_stop_request: Callable[[], None] | None = None
         #: The stop requested is a restart: clients get 1012, not 1001.
         self.restart = False
+        #: Called with how late each tick ran (seconds past its grid point):
+        #: a turn that blocked, a long collection or a starved process shows
+        #: here first, as every message queued meanwhile waited that long.
+        self.on_tick_late: Callable[[float], None] | None = None
         # A pipe, not a socketpair: writing one byte from a signal handler is
         # all it does, and it keeps this module free of sockets.
         self._wake_r, self._wake_w = os.pipe()
@@ -75,6 +79,9 @@ class Loop:
         log.error("internal error in a timer", exc_info=exc)
 
     def _on_tick(self) -> None:
+        late = self.on_tick_late
+        if late is not None and self._tick_timer is not None:
+            late(max(0.0, self.clock() - self._tick_timer.when))
         try:
             self._tick()
         finally:

@@ -91,6 +91,7 @@ class ServerMetrics:
         "keepalive_timeouts",
         "closes",
         "handoffs",
+        "tick_lateness",
         "uptime",
         "rss",
     )
@@ -152,6 +153,13 @@ class ServerMetrics:
             "its share: served here), failed (the hand-off could not be sent).",
             ("outcome",),
         )
+        self.tick_lateness = Histogram(
+            "wsnet_tick_lateness_seconds",
+            "How late each flush tick ran past its point on the grid: the loop's "
+            "stalls (a long turn, a collection, a starved process), which every "
+            "message queued meanwhile waited out too.",
+            (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5),
+        )
         self.uptime = Gauge("wsnet_uptime_seconds", "Seconds since the server was created.")
         self.rss = Gauge(
             "wsnet_process_resident_memory_bytes", "Resident memory of this process.",
@@ -173,6 +181,7 @@ class ServerMetrics:
             self.keepalive_timeouts,
             self.closes,
             self.handoffs,
+            self.tick_lateness,
             self.uptime,
             GC_PAUSES.histogram,
             GC_PAUSES.frozen,

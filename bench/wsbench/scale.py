@@ -17,7 +17,9 @@ from typing import Any
 from wsbench.cluster import RoomsSession, rooms_session
 from wsbench.driver import RunResult
 from wsbench.fmt import fmt_kb, fmt_ms, fmt_rate
+from wsbench.scale_report import loop_line
 from wsbench.scenarios import Row
+from wsbench.scrape import loop_stats, scrape_loop
 from wsbench.settings import SCALE_PER_LOADGEN, Scale
 
 
@@ -131,9 +133,14 @@ def scale_rooms_part(
             "handshakes/s)")
         loads = [(0.0, idle_window)] if idle_window > 0 else []
         loads += [(rate, window) for rate in sorted(rates)]
+        # One process answers every scrape: its loop's own view of the window.
+        single = s.cluster.layout == (1,)
         for rate, seconds in loads:
+            before = scrape_loop(s.cluster.ports[0]) if single else None
             r = s.loadgen.run(s.cluster, rate * rooms, seconds, sizes.drain)
             values = rooms_values(s, r)
+            if before is not None:
+                values.update(loop_stats(before, scrape_loop(s.cluster.ports[0])))
             values.update({"part": part, "room_size": sizes.room_size, "per_room_rate": rate,
                            "target_load": rate == sizes.per_room_rate, "window_s": seconds})
             rows.append(Row("scale", "wsnet", s.connections, values))
@@ -141,7 +148,8 @@ def scale_rooms_part(
                 f"{fmt_ms(r.p50_ms)} / {fmt_ms(r.p99_ms)} / {fmt_ms(r.max_ms)}, delivered "
                 f"{r.ratio:.4%}, {fmt_rate(r.deliveries_per_s)} deliveries/s, RSS "
                 f"{fmt_kb(values['rss_total_kb'])}, CPU wsnet {values['cpu_wsnet_pct']:.0f} % "
-                f"redis {values['cpu_redis_pct']:.0f} % other {values['cpu_other_pct']:.0f} %")
+                f"redis {values['cpu_redis_pct']:.0f} % other {values['cpu_other_pct']:.0f} %"
+                f"{loop_line(values)}")
     for row in rows:
         row.values.update({"server_log": s.server_log[:20], "server_log_lines": len(s.server_log)})
     return rows

@@ -119,7 +119,20 @@ def stall_targets(v: dict[str, Any]) -> str:
             f"{STALL_P999_TARGET_MS:g} ms): {verdict(p999, STALL_P999_TARGET_MS)}; max "
             f"{fmt_ms(worst)} (no stall over {STALL_MAX_TARGET_MS:g} ms): "
             f"{verdict(worst, STALL_MAX_TARGET_MS)}; every message delivered: "
-            f"{'met' if exact(v) else '**not met**'}.")
+            f"{'met' if exact(v) else '**not met**'}.{loop_line(v)}")
+
+
+def loop_line(v: dict[str, Any]) -> str:
+    """What the server's own loop saw of the window (its /metrics): whether a
+    stall the clients measured was the server's."""
+    if "ticks" not in v:
+        return ""
+    line = (f" The server's loop: {v['ticks_late']:,} of {v['ticks']:,} flush ticks ran "
+            f"over 100 ms late (the latest within {v['tick_worst_le_ms']:g} ms)")
+    if "gc_pauses" in v:
+        line += (f"; {v['gc_pauses']:,} collector pauses, {v['gc_total_ms']:,.0f} ms in all, "
+                 f"{v['gc_long']:,} over 50 ms (the longest within {v['gc_worst_le_ms']:g} ms)")
+    return line + "."
 
 
 def workers_line(v: dict[str, Any]) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 from wsbench.driver import LoadGen, RunResult, WorkerSpec, sleep_until_ns, split, summed_errors
 from wsbench.fmt import fmt_ms
 from wsbench.procfs import proc_cpu_s
+from wsbench.scrape import commit_stats, scrape
 from wsbench.servers import ServerKind, ServerProcess, running_server, wsnet_store
 from wsbench.settings import LOADGEN_BUSY, SATURATION_DELIVERED, SATURATION_P99_MS, Scale
 
@@ -231,13 +231,13 @@ def scenario_store(scale: Scale, log: Callable[[str], None]) -> list[Row]:
         kind = wsnet_store(store)
         for n, rates in scale.store:
             with session(kind, n, scale, rooms=scale.store_rooms) as s:
-                before = commit_times(s.server.port)
+                before = scrape(s.server.port, "wsnet_chat_store_commit_seconds")
                 for rate in rates:
                     r = s.loadgen.run(s.server, rate, scale.duration, scale.drain)
                     row = run_row("store", kind.name, s, r)
                     row.values["rooms"] = scale.store_rooms
-                    after = commit_times(s.server.port)
-                    commits = _commit_stats(before, after)
+                    after = scrape(s.server.port, "wsnet_chat_store_commit_seconds")
+                    commits = commit_stats(before, after)
                     before = after
                     row.values.update(commits)
                     rows.append(row)
@@ -248,39 +248,3 @@ def scenario_store(scale: Scale, log: Callable[[str], None]) -> list[Row]:
                         f"p50 {fmt_ms(r.p50_ms)}, p99 {fmt_ms(r.p99_ms)}, "
                         f"delivered {r.ratio:.2%}, server CPU {r.server_cpu:.0f} %{timing}")
     return rows
-
-
-def commit_times(port: int) -> dict[str, float]:
-    """The server's commit histogram from /metrics: bucket bound -> count, and
-    ``sum``/``count`` (empty with --store memory)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("wsnet_chat_store_commit_seconds"):
-            continue
-        name, value = line.rsplit(" ", 1)
-        if "_bucket{" in name:
-            out[name.split('le="', 1)[1].rstrip('"}')] = float(value)
-        elif name.endswith("_sum"):
-            out["sum"] = float(value)
-        elif name.endswith("_count"):
-            out["count"] = float(value)
-    return out
-
-
-def _commit_stats(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """Commits during one run: how many, their mean, and the bucket holding the 99th."""
-    count = after.get("count", 0.0) - before.get("count", 0.0)
-    if count <= 0:
-        return {}
-    buckets = sorted(
-        ((math.inf if k == "+Inf" else float(k)), v - before.get(k, 0.0))
-        for k, v in after.items() if k not in ("sum", "count")
-    )
-    p99 = next((bound for bound, seen in buckets if seen >= 0.99 * count), math.inf)
-    return {
-        "commits": int(count),
-        "commit_mean_ms": round(1000 * (after["sum"] - before.get("sum", 0.0)) / count, 3),
-        "commit_p99_ms": round(1000 * p99, 3),
-    }
