@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from enum import Enum
-from functools import partial
 from typing import TYPE_CHECKING
 
 from wsnet._channel import Channel
 from wsnet._clock import Timer
+from wsnet._deadlines import Deadlines
 from wsnet._fanout import Fanout
 from wsnet._forwarded import TrustedProxies
 from wsnet._http import Pending, Request, Response, keep_alive, render_response
@@ -84,6 +85,9 @@ def _release(counts: dict[str, int], key: str) -> None:
 #: upgrades pause for GC_FREEZE_QUIET seconds (``Config.gc_freeze``).
 GC_FREEZE_AFTER = 1000
 GC_FREEZE_QUIET = 1.0
+#: Connections' timeouts run up to this late (seconds): those falling due
+#: within one grain share a sweep, not a reactor timer each.
+SWEEP_GRAIN = 0.05
 
 
 class _Forgotten:
@@ -107,7 +111,8 @@ class Link:
     timer. The application's ``Connection`` is a façade over it."""
 
     __slots__ = (
-        "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "timer", "bucket",
+        "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "deadline",
+        "on_deadline", "bucket",
         "over_limit", "started", "bytes_in", "messages_in", "path", "via", "heard", "first",
     )
 
@@ -122,7 +127,9 @@ class Link:
         #: The application's answer still to come for the request read.
         self.pending: Pending | None = None
         self.session: Session | None = None
-        self.timer: Timer | None = None
+        #: Its one timeout (``Lifecycle.deadlines``): when, and what then.
+        self.deadline: float | None = None
+        self.on_deadline: Callable[[Lifecycle, Link], None] | None = None
         self.bucket: TokenBucket | None = None
         self.over_limit = False
         #: For the access line: when it was accepted, what came in, the path.
@@ -195,6 +202,9 @@ class Lifecycle:
             send_buffer=config.socket_send_buffer,
         )
         self.metrics = ServerMetrics()
+        #: Every connection's one timeout; swept by one reactor timer, ``_sweep``.
+        self.deadlines: Deadlines[Link] = Deadlines()
+        self._sweep: Timer | None = None
         reactor.loop.on_tick_late = self.metrics.tick_lateness.observe
         self.fanout = Fanout(config.outbox_limit, reactor.mark_dirty, self.metrics)
         self.links: set[Link] = set()
@@ -249,9 +259,7 @@ class Lifecycle:
         self._next_id += 1
         link = Link(self, sock, peer, self._next_id)
         link.http = self._reader()
-        link.timer = self.reactor.call_later(
-            self.config.handshake_timeout, partial(self.drop, link),
-        )
+        self._arm(link, self.config.handshake_timeout, Lifecycle.drop)
         self.links.add(link)
         return link
 
@@ -329,7 +337,7 @@ class Lifecycle:
         """The application answers later; until then the peer's bytes are held."""
         link.first = None
         link.pending = pending
-        self._arm(link, self.config.handshake_timeout, self._late)
+        self._arm(link, self.config.handshake_timeout, Lifecycle._late)
 
         def deliver(response: Response) -> None:
             if link.pending is pending and link.phase is HTTP:
@@ -362,7 +370,7 @@ class Lifecycle:
         head_only = request.method == "HEAD"
         link.ch.outbox.append(render_response(response, head_only=head_only, keep_alive=True))
         link.http = self._reader()
-        self._arm(link, self.config.handshake_timeout, self.drop)
+        self._arm(link, self.config.handshake_timeout, Lifecycle.drop)
         self.reactor.mark_dirty(link.ch)
         return True
 
@@ -436,7 +444,7 @@ class Lifecycle:
         link.ch.outbox.append(render_response(response, head_only=head_only))
         link.http = None
         link.enter(DONE)
-        self._arm(link, self.config.close_timeout, self.drop)
+        self._arm(link, self.config.close_timeout, Lifecycle.drop)
         self.reactor.close_after_drain(link.ch)
 
     def _upgrade(self, link: Link, request: Request, accept: Accept) -> None:
@@ -467,7 +475,7 @@ class Lifecycle:
         if cfg.rate_limit > 0:
             link.bucket = TokenBucket(cfg.rate_burst, self.reactor.clock())
         link.heard = link.bytes_in  # the handshake does not count as having spoken
-        self._arm(link, cfg.ping_interval or None, self._ping)
+        self._arm(link, cfg.ping_interval or None, Lifecycle._ping)
         conn.request = request
         self.call_app(link, self.handler.on_open, conn)
         conn.request = None
@@ -537,7 +545,7 @@ class Lifecycle:
         self.open -= 1
         self.metrics.closes.labels(close_code_label(session.close_code)).value += 1
         _release(self._per_ip, link.conn.peer[0])
-        self._arm(link, self.config.close_timeout, self.drop)
+        self._arm(link, self.config.close_timeout, Lifecycle.drop)
         self.call_app(
             None, self.handler.on_close, link.conn, session.close_code, session.close_reason,
         )
@@ -562,13 +570,47 @@ class Lifecycle:
 
     # -- timers --------------------------------------------------------------
 
-    def _arm(self, link: Link, delay: float | None, action: Callable[[Link], None]) -> None:
-        """Give the connection its one timer (replacing any earlier one)."""
-        self.reactor.cancel(link.timer)
+    def _arm(
+        self, link: Link, delay: float | None, action: Callable[[Lifecycle, Link], None],
+    ) -> None:
+        """Give the connection its one timeout (replacing any earlier one; None:
+        none). ``action`` is the class's function, not a bound method, so that
+        arming allocates nothing the collector tracks (``_deadlines``)."""
         if delay is None:
-            link.timer = None
-        else:
-            link.timer = self.reactor.call_later(delay, partial(action, link))
+            self._disarm(link)
+            return
+        due = self.deadlines.arm(link, self.reactor.clock(), delay)
+        link.on_deadline = action
+        self._sweep_by(due)
+
+    def _disarm(self, link: Link) -> None:
+        self.deadlines.cancel(link)
+        link.on_deadline = None
+
+    def _sweep_by(self, due: float) -> None:
+        """Have the deadlines swept at ``due`` (rounded up to ``SWEEP_GRAIN``,
+        so that the timeouts of a busy second share a few sweeps)."""
+        when = math.ceil(due / SWEEP_GRAIN) * SWEEP_GRAIN
+        sweep = self._sweep
+        if sweep is not None and not sweep.cancelled:
+            if sweep.when <= when:
+                return
+            self.reactor.cancel(sweep)
+        self._sweep = self.reactor.timers.call_at(when, self._run_deadlines)
+
+    def _run_deadlines(self) -> None:
+        self._sweep = None
+        for link in self.deadlines.pop_due(self.reactor.clock()):
+            action, link.on_deadline = link.on_deadline, None
+            if action is None:
+                continue
+            try:
+                action(self, link)
+            except Exception:
+                log.exception("internal error in a connection's timeout")
+        due = self.deadlines.next_due()
+        if due is not None:
+            self._sweep_by(due)
 
     def _ping(self, link: Link) -> None:
         """Ping a connection that said nothing for a whole interval. One that
@@ -579,11 +621,11 @@ class Lifecycle:
             return
         if link.bytes_in != link.heard:
             link.heard = link.bytes_in
-            self._arm(link, self.config.ping_interval, self._ping)
+            self._arm(link, self.config.ping_interval, Lifecycle._ping)
             return
         session.ping(b"wsnet")
         self.reactor.mark_dirty(link.ch)
-        self._arm(link, self.config.ping_timeout, self._check_pong)
+        self._arm(link, self.config.ping_timeout, Lifecycle._check_pong)
 
     def _check_pong(self, link: Link) -> None:
         session = link.session
@@ -597,18 +639,16 @@ class Lifecycle:
             self._after_websocket(link)
             return
         link.heard = link.bytes_in  # the pong itself is not news
-        self._arm(link, max(0.0, cfg.ping_interval - cfg.ping_timeout), self._ping)
+        self._arm(link, max(0.0, cfg.ping_interval - cfg.ping_timeout), Lifecycle._ping)
 
     def drop(self, link: Link) -> None:
         """Close the socket now, telling the application if it was still open."""
-        self.reactor.cancel(link.timer)
-        link.timer = None
+        self._disarm(link)
         session = link.session
         if link.phase is OPEN and session is not None:
             session.receive(None)  # records 1006 unless a code is already known
             self._closed(link)
-            self.reactor.cancel(link.timer)
-            link.timer = None
+            self._disarm(link)
         if session is not None and link in self.links and self.config.access_log:
             self._log_websocket(link, session.close_code)
         link.enter(DONE)
