@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--scale-sweep-connections", type=int, help="connections of the sweep")
     g.add_argument("--scale-broadcasts", type=int, help="(b): how many single broadcasts")
     g.add_argument("--scale-stall-window", type=float, help="(stall): seconds of sending")
+    g.add_argument("--scale-stall-args", help="(stall): more wsnet options, space-separated "
+                   "(e.g. --gc-freeze)")
     g = p.add_argument_group("the storm scenario (defaults: those of --quick or the full run)")
     g.add_argument("--storm-connections", help="connections of each storm, e.g. 20000,100000")
     g.add_argument("--storm-workers", type=int, help="--workers N of the node")
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         ("scale_sweep_connections", "sweep_connections", None),
         ("scale_broadcasts", "broadcasts", None),
         ("scale_stall_window", "stall_window", None),
+        ("scale_stall_args", "stall_extra", lambda v: tuple(v.split())),
         ("scale_lighter_rates", "lighter_rates",
          lambda v: tuple(float(x) for x in v.split(",") if x)),
     ):

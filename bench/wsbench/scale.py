@@ -206,7 +206,7 @@ def scenario_scale(scale: Scale, log: Callable[[str], None]) -> tuple[list[Row],
     if "stall" in sizes.parts:  # one process, a long window: the worst latencies
         parts.append(("stall", lambda: scale_rooms_part(
             "stall", (1,), sizes.stall_connections, sizes.stall_window, scale=scale,
-            rates=(sizes.per_room_rate,), log=log)))
+            rates=(sizes.per_room_rate,), log=log, extra=sizes.stall_extra)))
     if "sweep" in sizes.parts:
         for n in sizes.sweep:
             parts.append((f"sweep N={n}", functools.partial(

@@ -50,6 +50,8 @@ class ScaleSizes:
     #: for this long, judged by its worst latencies (the cyclic GC's pauses).
     stall_connections: int = 19_000
     stall_window: float = 600.0
+    #: (stall): more wsnet options of its process (e.g. --gc-freeze, to compare).
+    stall_extra: tuple[str, ...] = ()
     parts: tuple[str, ...] = ("a", "noaff", "b", "c", "sweep", "stall")
 
 
