@@ -17,6 +17,7 @@ tests fail loudly rather than skipping, so CI cannot pass without it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -553,14 +554,12 @@ def test_a_presence_storm_reaches_the_member_list_as_diffs(
     ann.join("ann", "storm")
     ann.expect_members(["ann"])
     url = f"ws://127.0.0.1:{server.port}/?room=storm&name="
-    crowd = [ws_connect(f"{url}s{i:02}", open_timeout=STEP / 1000) for i in range(20)]
-    try:
+    with contextlib.ExitStack() as stack:  # closes the rest at the end
+        crowd = [stack.enter_context(ws_connect(f"{url}s{i:02}", open_timeout=STEP / 1000))
+                 for i in range(20)]
         for client in crowd[:8]:
             client.close()
         ann.expect_members(sorted(["ann", *(f"s{i:02}" for i in range(8, 20))]))
         kinds = {event["type"] for socket in ann.sockets for frame in socket.frames
                  for event in json.loads(frame) if isinstance(event, dict)}
         assert "presence_diff" in kinds, kinds
-    finally:
-        for client in crowd[8:]:
-            client.close()
