@@ -1,6 +1,7 @@
 """Outbound streams (``Reactor.open_stream``) on real loopback sockets: a
 connect that succeeds carries bytes both ways, a refused or unanswered one is
-reported once to the stream's protocol, on a later loop turn."""
+reported once to the stream's protocol, on a later loop turn, and what one turn
+writes leaves together at its end."""
 
 from __future__ import annotations
 
@@ -132,3 +133,37 @@ def test_close_silences_the_stream(reactor: Reactor) -> None:
     stream.close()
     reactor.timers.run_due(reactor.clock() + 1, on_error=lambda exc: pytest.fail(repr(exc)))
     assert events.lost == [] and stream.closed
+
+
+def test_what_one_turn_writes_goes_out_together_at_its_end(reactor: Reactor) -> None:
+    """A pipeline: commands written during a turn wait for its end, then leave
+    in one send (a connect storm writes a Redis command per join)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        events = Events()
+        stream = reactor.open_stream(
+            "127.0.0.1", listener.getsockname()[1], events, timeout=5,
+        )
+        run_until(reactor, lambda: events.connected)
+        peer, _ = listener.accept()
+        with peer:
+            commands = [b"PUBLISH r%d x\r\n" % i for i in range(100)]
+            arrived_early: list[bool] = []
+
+            def write_all() -> None:  # runs inside a turn, as a join would
+                for command in commands:
+                    stream.write(command)
+                arrived_early.append(_readable(peer))
+
+            reactor.call_later(0, write_all)
+            run_until(reactor, lambda: arrived_early)
+            assert arrived_early == [False]  # nothing left during the turn
+            peer.settimeout(5)
+            assert peer.recv(65536) == b"".join(commands)  # all of it, together
+
+
+def _readable(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    return True

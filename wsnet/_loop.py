@@ -168,9 +168,11 @@ class Loop:
         until: Callable[[], bool],
         serve: Callable[[Channel, int], None],
         broken: Callable[[Channel], None],
+        end_turn: Callable[[], None] = lambda: None,
     ) -> None:
         """Run until ``until()`` is true (checked once per turn). An exception
-        while serving a channel is logged and ``broken`` closes that channel."""
+        while serving a channel is logged and ``broken`` closes that channel;
+        ``end_turn`` runs after each turn's events, timers and tick."""
         sel, timers, clock = self.selector, self.timers, self.clock
         self.arm_tick()
         while not until():
@@ -190,6 +192,7 @@ class Loop:
             timers.run_due(clock(), self._timer_failed)
             if self.flush_interval == 0:
                 self._tick()
+            end_turn()
         timers.cancel(self._tick_timer)
 
     def close(self) -> None:

@@ -75,6 +75,7 @@ class Reactor:
         self._acceptor: _Acceptor | None = None
         self._handoff: _Handoff | None = None
         self._dirty: list[Channel] = []
+        self._soon: list[Channel] = []  # written at the end of this loop turn
         self._in_protocol_write = False
 
     # -- listening -----------------------------------------------------------
@@ -196,6 +197,22 @@ class Reactor:
                 self._write(ch)
             finally:
                 self._in_protocol_write = nested
+
+    def write_soon(self, ch: Channel) -> None:
+        """Write at the end of this loop turn: everything a turn queues for one
+        channel goes in one send. A stream to Redis gets a command per join,
+        leave or publish, and a connect storm handles many of those per turn;
+        a send each was a tenth of a worker's time."""
+        soon = self._soon
+        if not soon or soon[-1] is not ch:
+            soon.append(ch)
+
+    def _end_turn(self) -> None:
+        if self._soon:
+            soon, self._soon = self._soon, []
+            for ch in soon:
+                if not ch.dead:
+                    self.write_now(ch)
 
     def close_after_drain(self, ch: Channel) -> None:
         """Half-close once the outbox is written, then wait for the peer's EOF.
@@ -381,7 +398,7 @@ class Reactor:
 
     def run(self, until: Callable[[], bool]) -> None:
         """Run the loop until ``until()`` is true (checked once per turn)."""
-        self.loop.run(until, self._serve, partial(self._lost, exc=None))
+        self.loop.run(until, self._serve, partial(self._lost, exc=None), self._end_turn)
 
     def close_all(self) -> None:
         self.stop_listening()

@@ -46,14 +46,16 @@ class Stream:
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        """Queue ``data``; it is written at once if the socket takes it, the rest
-        when it becomes writable. Bytes written before the connect completes wait."""
+        """Queue ``data``; it is written at the end of this loop turn, together
+        with whatever else the turn queued (a pipeline, not a send per
+        command), the rest when the socket becomes writable. Bytes written
+        before the connect completes wait for it."""
         ch = self._ch
         if ch is None or self.closed:
             return
         ch.outbox.append(data)
         if self.connected:
-            self._reactor.write_now(ch)
+            self._reactor.write_soon(ch)
 
     def flush_blocking(self, timeout: float) -> bool:
         """Write what is queued, blocking at most ``timeout``; True if all went."""
