@@ -1168,7 +1168,8 @@ def test_half_closed_peers_are_closed_and_their_last_message_delivered(
             cut.sock.shutdown(socket.SHUT_WR)
             assert cut.wait_eof(3)
         # FIN right behind the upgrade request, before the 101 was read: the
-        # request was whole, so it is answered, and then the socket is closed.
+        # request was whole, so it is answered, and then the socket is closed
+        # (the room never hears of it: tests/test_abandoned_upgrades.py).
         with RawClient(server.port) as early:
             early.send(upgrade_request(server.port))
             early.sock.shutdown(socket.SHUT_WR)

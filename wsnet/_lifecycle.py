@@ -449,6 +449,9 @@ class Lifecycle:
 
     def _upgrade(self, link: Link, request: Request, accept: Accept) -> None:
         assert link.http is not None
+        if self.reactor.peer_gone(link.ch):
+            self._abandoned(link, accept)
+            return
         cfg = self.config
         head, trailing = link.http.switch(accept)
         link.http = None
@@ -487,6 +490,23 @@ class Lifecycle:
             self.feed_websocket(link, trailing)
         else:
             self._after_websocket(link)
+
+    def _abandoned(self, link: Link, accept: Accept) -> None:
+        """The peer closed its side behind a whole upgrade request: it may still
+        read (a half-close), so the request is answered, but it can never send
+        a frame, so the application never hears of it (no ``on_open``, no
+        ``on_close``). Most such peers gave up waiting in the accept backlog
+        (a reconnect storm's timed-out attempts): serving them would be a join
+        and a leave for the room to hear, for no one."""
+        assert link.http is not None
+        head, _ = link.http.switch(accept)
+        link.http = None
+        link.first = None
+        link.ch.outbox.append(head)
+        self.metrics.upgrades_abandoned.value += 1
+        link.enter(DONE)
+        self._arm(link, self.config.close_timeout, Lifecycle.drop)
+        self.reactor.close_after_drain(link.ch)
 
     # -- WebSocket phase -----------------------------------------------------
 

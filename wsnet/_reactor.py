@@ -198,6 +198,21 @@ class Reactor:
             finally:
                 self._in_protocol_write = nested
 
+    def peer_gone(self, ch: Channel) -> bool:
+        """Whether the peer has closed its side already (its EOF or reset waits
+        unread): a client that gave up while queued in the accept backlog left
+        its request and its FIN there. Not known under TLS: False."""
+        if ch.dead:
+            return True
+        if ch.tls:
+            return False
+        try:
+            return ch.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+
     def write_soon(self, ch: Channel) -> None:
         """Write at the end of this loop turn: everything a turn queues for one
         channel goes in one send. A stream to Redis gets a command per join,

@@ -81,6 +81,7 @@ class ServerMetrics:
         "connections",
         "sockets_accepted",
         "upgrades_refused",
+        "upgrades_abandoned",
         "messages_received",
         "deliveries",
         "broadcasts",
@@ -108,6 +109,12 @@ class ServerMetrics:
             "wsnet_upgrades_refused_total",
             "WebSocket upgrade requests refused, by HTTP status.",
             ("code",),
+        )
+        self.upgrades_abandoned = Counter(
+            "wsnet_upgrades_abandoned_total",
+            "Upgrade requests whose client had closed its side before they were "
+            "answered (most gave up while queued): answered, then closed, and "
+            "never opened to the application.",
         )
         self.messages_received = Counter(
             "wsnet_messages_received_total",
@@ -171,6 +178,7 @@ class ServerMetrics:
             self.connections,
             self.sockets_accepted,
             self.upgrades_refused,
+            self.upgrades_abandoned,
             self.messages_received,
             self.deliveries,
             self.broadcasts,
