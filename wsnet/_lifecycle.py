@@ -108,7 +108,7 @@ _FORGOTTEN = _Forgotten()
 
 class Link:
     """The server's record of one connection: channel, phase, parser, session,
-    timer. The application's ``Connection`` is a façade over it."""
+    timeout. The application's ``Connection`` is a façade over it."""
 
     __slots__ = (
         "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "deadline",
