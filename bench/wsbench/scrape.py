@@ -25,16 +25,19 @@ def scrape(port: int, family: str, labels: str = "") -> Buckets:
     """One histogram of the process at ``port`` (``labels``: a label's
     ``name="value"`` the series must carry); series that differ in other
     labels are added up. Empty if the family is missing."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return parse_histogram(reply.read().decode(), family, labels)
+    return parse_histogram(_exposition(port), family, labels)
 
 
 def scrape_loop(port: int) -> dict[str, Buckets]:
     """The loop's two stall histograms, with one request."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
+    text = _exposition(port)
     return {"ticks": parse_histogram(text, "wsnet_tick_lateness_seconds"),
             "gc": parse_histogram(text, "wsnet_gc_pause_seconds")}
+
+
+def _exposition(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
 
 
 def parse_histogram(text: str, family: str, labels: str = "") -> Buckets:
