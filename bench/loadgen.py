@@ -293,6 +293,7 @@ class Worker:
         self.opened = 0
         self.stdin_buf = b""
         self.stdin_eof = False
+        self.stdin_is_file = False  # commands from a file or /dev/null: EOF is not "gone"
         self.commands: list[dict[str, Any]] = []
         self.born = time.monotonic()
         # Per-run state.
@@ -783,7 +784,8 @@ class Worker:
                 and (not self.rooms or self.joined >= len(self.by_fd))
             ):
                 break
-            if self.stdin_eof or any(c.get("cmd") == "stop" for c in self.commands):
+            gone = self.stdin_eof and not self.stdin_is_file
+            if gone or any(c.get("cmd") == "stop" for c in self.commands):
                 return  # the orchestrator gave up (or is gone): no point going on
             self.poll(0.05)
         else:
@@ -988,7 +990,7 @@ class Worker:
         except PermissionError:  # a regular file or /dev/null: every command is there now
             self.stdin_buf = sys.stdin.buffer.read(1 << 20) + b"\n"
             self.parse_commands()
-            self.stdin_eof = True
+            self.stdin_eof = self.stdin_is_file = True
         cpu0 = cpu_seconds()
         self.open_all()
         connect_cpu_s = cpu_seconds() - cpu0

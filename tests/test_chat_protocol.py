@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -175,6 +176,32 @@ def test_any_command_object_is_parsed_or_refused_never_raises(fields: dict[str, 
         assert valid_room(result.room)
     if isinstance(result, Nick):
         assert valid_name(result.name)
+
+
+def _by_the_rule(text: str, limit: int, spaces: bool, extra: str) -> bool:
+    """The README's rule for names and rooms, one character at a time."""
+    if not 0 < len(text) <= limit or unicodedata.category(text[0]).startswith("M"):
+        return False
+    word = {"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No"}
+    return all(
+        part and all(ch in "_.-" + extra or (unicodedata.category(ch) in word
+                                             and ch not in "\u115f\u1160\u3164\uffa0")
+                     for ch in part)
+        for part in (text.split(" ") if spaces else [text])
+    )
+
+
+# Mostly valid characters with a few of every kind that is not: ASCII, where
+# the shortcut applies, and beyond it.
+_MIXED = st.text(st.sampled_from("aZ09_.-: <>/\t\x00\x7f\xe9\u0301\u3164\u200b"), max_size=70)
+
+
+@given(st.one_of(_MIXED, st.text(max_size=70),
+                 st.sampled_from(["a b", "a-b.c_d", "A1 b2 c3", "dev:ops", "x" * 64, "\u0301a"])))
+def test_names_and_rooms_follow_the_rule_with_and_without_the_ascii_shortcut(text: str) -> None:
+    assert valid_name(text) == _by_the_rule(text, 32, spaces=True, extra="")
+    if not text.startswith("dm:"):  # direct-message rooms have their own form
+        assert valid_room(text) == _by_the_rule(text, 64, spaces=False, extra=":")
 
 
 # query -> expected Hello fields (errors given by their codes)

@@ -222,6 +222,10 @@ class Lifecycle:
         #: another worker owns are handed to it (``_placement``). Set before
         #: the first connection is accepted.
         self.board: LoadBoard | None = None
+        #: Read once: the descriptor limit it may resolve is the process's at start.
+        self._connection_limit = config.connection_limit
+        #: Each WebSocket path as the one shared string a link records.
+        self._paths = {path: path for path in config.ws_paths}
 
     # -- the reactor's protocol ----------------------------------------------
 
@@ -383,7 +387,7 @@ class Lifecycle:
             ws_paths=cfg.ws_paths,
             deflate=cfg.deflate,
             impose_client_no_context=cfg.deflate_client_no_context_takeover,
-            at_capacity=self.open >= cfg.connection_limit or self.stopping,
+            at_capacity=self.open >= self._connection_limit or self.stopping,
             ip_at_capacity=per_ip > 0 and self._per_ip.get(link.conn.peer[0], 0) >= per_ip,
             allowed_origins=cfg.allowed_origins,
         )
@@ -470,7 +474,7 @@ class Lifecycle:
         self._accepted_unfrozen += 1
         self._last_accept = self.reactor.clock()
         # The configured path itself (shared by every connection), never the query.
-        link.path = next((p for p in cfg.ws_paths if p == request.path), "-")
+        link.path = self._paths.get(request.path, "-")
         self.open += 1
         conn = link.conn
         ip = conn.peer[0]

@@ -41,6 +41,8 @@ log = logging.getLogger("wsnet")
 
 _RECV_BYTES = 64 * 1024
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+#: recv() flags of peer_gone, combined once (an IntFlag ``|`` per call costs).
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 #: accept() failures that mean "out of descriptors or memory right now".
 _ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: accept() failures about one connection that died in the queue: skip it.
@@ -207,7 +209,7 @@ class Reactor:
         if ch.tls:
             return False
         try:
-            return ch.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return ch.sock.recv(1, _PEEK) == b""
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:

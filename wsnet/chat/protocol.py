@@ -6,6 +6,7 @@ compact JSON strings so a tick's batch is a join of strings, encoded once.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -61,10 +62,22 @@ def _word_char(ch: str, extra: str) -> bool:
 
 
 def _words(text: str, limit: int, spaces: bool, extra: str = "") -> bool:
-    if not 0 < len(text) <= limit or unicodedata.category(text[0]).startswith("M"):
+    if not 0 < len(text) <= limit:
+        return False
+    if text.isascii():  # most names: one regex instead of a lookup per character
+        return _ascii_words(spaces, extra).fullmatch(text) is not None
+    if unicodedata.category(text[0]).startswith("M"):
         return False  # a mark needs something to sit on
     parts = text.split(" ") if spaces else [text]
     return all(part and all(_word_char(ch, extra) for ch in part) for part in parts)
+
+
+@functools.cache
+def _ascii_words(spaces: bool, extra: str) -> re.Pattern[str]:
+    """``_words`` for ASCII text: ASCII has no marks or blank letters, and its
+    letters and digits are exactly the ASCII alphanumerics."""
+    word = f"[A-Za-z0-9_.{re.escape(extra)}-]+"
+    return re.compile(f"{word}(?: {word})*" if spaces else word)
 
 
 def valid_name(name: object) -> TypeGuard[str]:
