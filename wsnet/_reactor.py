@@ -23,6 +23,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -441,6 +442,11 @@ class _Acceptor:
         self._batch = batch
         self._backoff = 0.0
         self._closed = False
+        #: Linux copies TCP_NODELAY and a set SO_SNDBUF from the listening socket
+        #: to every socket it accepts: set once here, not twice per connection.
+        self._inherits = sys.platform == "linux"
+        if self._inherits:
+            _set_accepted_options(listener, reactor.send_buffer)
         reactor.loop.selector.register(listener, READ, self._on_accept)
 
     def close(self) -> None:
@@ -468,9 +474,8 @@ class _Acceptor:
             self._backoff = 0.0
             try:
                 sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if reactor.send_buffer:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, reactor.send_buffer)
+                if not self._inherits:
+                    _set_accepted_options(sock, reactor.send_buffer)
                 if reactor.ssl_context is not None:
                     sock = reactor.ssl_context.wrap_socket(
                         sock, server_side=True, do_handshake_on_connect=False,
@@ -602,6 +607,14 @@ def _write_tls(sock: ssl.SSLSocket, box: Outbox) -> bool:
             return True
         box.consume(sent)
     return False
+
+
+def _set_accepted_options(sock: socket.socket, send_buffer: int) -> None:
+    """No Nagle delay (frames leave as the flush writes them); the configured
+    send buffer, if any (``Config.socket_send_buffer``)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
 
 
 def _connecting(host: str, port: int) -> tuple[socket.socket, int]:

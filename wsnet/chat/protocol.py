@@ -316,9 +316,13 @@ def parse_hello(query: Mapping[str, str]) -> Hello:
     return Hello(name, room, since, query.get("epoch"), tuple(errors))
 
 
+#: One encoder for every event: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_event(event: Mapping[str, Any]) -> str:
     """Compact JSON for one event; batches are joined from these strings."""
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(event)
 
 
 def frame(events: list[str]) -> str:
