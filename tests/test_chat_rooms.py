@@ -458,6 +458,29 @@ def test_rooms_crossing_the_limit_do_not_delay_another_rooms_count() -> None:
     assert {"type": "presence", "room": "big", "count": 2} in got
 
 
+def test_a_very_large_room_hears_its_count_less_often() -> None:
+    """At most ``count_frames`` count frames a second (one per member): at 4 a
+    second, 8 members hear a changed count every 2 s, 9 every 2.25 s."""
+    h = Harness(presence_limit=2, count_interval=1.0, count_frames=4)
+    for i in range(8):
+        h.connect(f"p{i}")
+    h.tick()  # counting since the third join
+    h.clock.now += 1.0
+    assert h.tick()["p0"] == [{"type": "presence", "room": "lobby", "count": 8}]
+
+    def count_after(seconds: float) -> list[Event]:
+        h.clock.now += seconds
+        return h.tick().get("p0", [])
+
+    h.connect("q")
+    assert count_after(1.0) == []  # 8 members: 2 s between counts
+    assert count_after(1.0) == [{"type": "presence", "room": "lobby", "count": 9}]
+    h.connect("r")
+    assert count_after(1.0) == []
+    assert count_after(1.0) == []  # 9 members: 2.25 s
+    assert count_after(0.25) == [{"type": "presence", "room": "lobby", "count": 10}]
+
+
 def test_presence_cost_is_linear_in_a_big_room() -> None:
     """Every join reply in a big room is a count: total presence bytes grow
     linearly with members, not quadratically."""

@@ -3,7 +3,9 @@
 Up to ``presence_limit`` members, a room's members hear each join, leave and
 rename and get the full list on joining. Past it, the room switches to a count,
 sent at most once per ``count_interval`` (a room of thousands would otherwise
-spend its frames on presence), and back to the list once it is small again.
+spend its frames on presence), and in a room so large that this would be more
+than ``count_frames`` frames a second, less often; back to the list once it is
+small again.
 
 A list-mode room whose presence events would cost more than
 ``presence_storm_frames`` frames in a second (each change is a frame to every
@@ -57,6 +59,7 @@ class Presence:
     def __init__(self, settings: ChatSettings, timer: Callable[[], float], batch: Batch[Any]):
         self._limit = settings.presence_limit
         self._interval = settings.count_interval
+        self._count_frames = settings.count_frames
         self._timer = timer
         self._batch = batch
         self._counts: set[Room] = set()  # counting rooms whose count changed
@@ -75,7 +78,7 @@ class Presence:
             room.counting = True
             self._end_storm(room)
             self._batch.emit(room, encode_event(count_event(room)))
-            room.count_due = self._timer() + self._interval
+            room.count_due = self._next_count(room, self._timer())
         elif room.diff is not None:
             room.diff.add(kind, ident, name, len(room.members))
         elif self._stormy(room):
@@ -84,6 +87,11 @@ class Presence:
             self._diffs.add(room)
         else:
             self._batch.emit(room, encoded)
+
+    def _next_count(self, room: Room, now: float) -> float:
+        """When the room's members may next hear its count: a count is a frame
+        to each local member, so a larger room waits longer."""
+        return now + max(self._interval, len(room.members) / self._count_frames)
 
     def _stormy(self, room: Room) -> bool:
         """Counts this change's frames (one per local member); True once the
@@ -141,7 +149,7 @@ class Presence:
                 room.storm_since, room.storm_frames = now, 0
         for room in [r for r in self._counts if now >= r.count_due]:
             self._counts.discard(room)
-            room.count_due = now + self._interval
+            room.count_due = self._next_count(room, now)
             if room.size <= self._limit:
                 room.counting = False
                 event = snapshot_event(room, numbering=False)

@@ -23,6 +23,11 @@ class ChatSettings:
     presence_limit: int = 100
     #: How often a counting room's members hear the new count, in seconds.
     count_interval: float = 1.0
+    #: ...and at most this many count frames a second per room (one per
+    #: member): a room of 5,000 hears its count each second, one of 50,000
+    #: every 10 s. A count each second to 100,000 members would be 100,000
+    #: frames a second, the whole of this machine's sending, for a number.
+    count_frames: int = 5000
     #: A room whose presence events would cost more than this many frames in a
     #: second (each join, leave or rename is a frame to every member: a
     #: reconnect storm) switches to one ``presence_diff`` per
@@ -56,6 +61,8 @@ class ChatSettings:
             raise ValueError("64 KiB <= history_bytes <= history_total_bytes")
         if not (self.count_interval > 0 and self.room_ttl >= 0 and self.max_idle_rooms >= 0):
             raise ValueError("count_interval > 0, room_ttl >= 0, max_idle_rooms >= 0")
+        if self.count_frames < 1:
+            raise ValueError("count_frames >= 1")
         if self.presence_storm_frames < 0 or not self.presence_diff_interval > 0:
             raise ValueError("presence_storm_frames >= 0, presence_diff_interval > 0")
 
