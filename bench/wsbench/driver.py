@@ -22,7 +22,7 @@ from support.procs import kill_process
 
 from wsbench.procfs import Snapshot, cpu_by_pid, cpu_percent
 from wsbench.servers import PROCESSES
-from wsbench.settings import BENCH, CONNS_PER_SOURCE, LOADGEN_BUSY, Scale
+from wsbench.settings import BENCH, LOADGEN_BUSY, Scale
 
 
 class Measured(Protocol):
@@ -113,12 +113,13 @@ class LoadGen:
             workers = math.ceil(connections / scale.per_worker)
             if senders:
                 workers = max(workers, scale.min_workers)
-            sources = math.ceil(connections / CONNS_PER_SOURCE)
+            assert workers <= 250, "one source address, 127.0.0.2 to .251, per worker"
             specs = [
-                WorkerSpec(port, count, sending, (
-                    # beyond one address's ephemeral ports: 127.0.0.2, .3, ...
-                    ["--source", f"127.0.0.{2 + i % sources}"] if sources > 1 else []
-                ))
+                # Each worker its own source address, 127.0.0.2, .3, ...: sharing
+                # one, connect() itself slows as the pair's ephemeral ports fill
+                # (the kernel's port search: ~440 us a connect at 19,000 from
+                # 127.0.0.1, which capped every server's handshake rate there).
+                WorkerSpec(port, count, sending, ["--source", f"127.0.0.{2 + i}"])
                 for i, (count, sending) in enumerate(zip(
                     split(connections, workers), split(min(senders, connections), workers),
                     strict=True,

@@ -16,9 +16,6 @@ LOADGEN_BUSY = 90.0
 #: Saturation: a step passes while p99 stays under this and nearly all arrive.
 SATURATION_P99_MS = 500.0
 SATURATION_DELIVERED = 0.99
-#: Connections per source address before the next 127.0.0.x is used (the
-#: ephemeral port range gives ~28k per (source, destination) pair).
-CONNS_PER_SOURCE = 25_000
 
 
 # -- sizes -------------------------------------------------------------------
