@@ -22,7 +22,14 @@ from typing import Any
 
 from support.procs import RedisServer, redis_executable, start_redis, with_parent_death
 
-from wsbench.driver import LoadGen, WorkerSpec, sleep_until_ns, split, summed_errors
+from wsbench.driver import (
+    LoadGen,
+    WorkerSpec,
+    sleep_until_ns,
+    source_options,
+    split,
+    summed_errors,
+)
 from wsbench.procfs import (
     Snapshot,
     child_pids,
@@ -35,6 +42,7 @@ from wsbench.procfs import (
 )
 from wsbench.servers import PROCESSES, ServerProcess, wsnet_command
 from wsbench.settings import (
+    CONNS_PER_SOURCE,
     REUSEPORT_SLACK,
     SCALE_PER_LOADGEN,
     WSNET_RESERVED_FDS,
@@ -212,8 +220,9 @@ def check_scale_limits(connections: int, layout: tuple[int, ...], loadgens: list
             "use more workers, or raise the hard limit (ulimit -Hn)"
         )
     ports = ephemeral_ports()
-    if max(loadgens) > ports - 500:
-        raise RuntimeError(f"{max(loadgens):,} connections from one source address exceed the "
+    per_source = min(max(loadgens), CONNS_PER_SOURCE)  # see source_options
+    if per_source > ports - 500:
+        raise RuntimeError(f"{per_source:,} connections from one source address exceed the "
                            f"{ports:,} ephemeral ports (net.ipv4.ip_local_port_range)")
 
 
@@ -239,7 +248,7 @@ def rooms_session(
     counts = split(connections, workers)
     check_scale_limits(connections, layout, counts)
     if workers > 200:
-        raise RuntimeError("too many load generators (at most 200 source addresses)")
+        raise RuntimeError("too many load generators (at most 200)")
     offsets = [sum(counts[:i]) for i in range(workers)]
     # One sender per room; each load generator sends into its share of the rooms.
     senders = [1] + [0] * (workers - 1) if rooms == 1 else split(rooms, workers)
@@ -262,7 +271,7 @@ def rooms_session(
                 options=[
                     "--rooms", str(rooms), "--room-offset", str(offsets[i]),
                     "--sender-room-first", str(firsts[i]),
-                    "--source", f"127.0.0.{2 + i}",  # one source address each
+                    *source_options(i, counts[i]),
                     "--max-lifetime", str(int(connect_timeout + 1200)),
                     *loadgen_options,
                 ],

@@ -22,7 +22,7 @@ from support.procs import kill_process
 
 from wsbench.procfs import Snapshot, cpu_by_pid, cpu_percent
 from wsbench.servers import PROCESSES
-from wsbench.settings import BENCH, LOADGEN_BUSY, Scale
+from wsbench.settings import BENCH, CONNS_PER_SOURCE, LOADGEN_BUSY, Scale
 
 
 class Measured(Protocol):
@@ -84,6 +84,17 @@ class RunResult:
         return max(self.worker_cpu, default=0.0) >= LOADGEN_BUSY
 
 
+def source_options(worker: int, connections: int) -> list[str]:
+    """``--source`` options for one load generator: addresses of its own,
+    127.0.(worker + 1).2, .3, ..., at most ``CONNS_PER_SOURCE`` connections
+    each. From one address for all, connect() itself slowed as that pair's
+    ephemeral ports filled, and capped every server's handshake rate."""
+    if not 0 <= worker < 254:
+        raise ValueError("at most 254 load generators (127.0.1.x to 127.0.254.x)")
+    count = max(1, math.ceil(connections / CONNS_PER_SOURCE))
+    return [opt for j in range(count) for opt in ("--source", f"127.0.{worker + 1}.{2 + j}")]
+
+
 @dataclass
 class WorkerSpec:
     """One load-generator process: its target port, clients, senders and any
@@ -113,13 +124,8 @@ class LoadGen:
             workers = math.ceil(connections / scale.per_worker)
             if senders:
                 workers = max(workers, scale.min_workers)
-            assert workers <= 250, "one source address, 127.0.0.2 to .251, per worker"
             specs = [
-                # Each worker its own source address, 127.0.0.2, .3, ...: sharing
-                # one, connect() itself slows as the pair's ephemeral ports fill
-                # (the kernel's port search: ~440 us a connect at 19,000 from
-                # 127.0.0.1, which capped every server's handshake rate there).
-                WorkerSpec(port, count, sending, ["--source", f"127.0.0.{2 + i}"])
+                WorkerSpec(port, count, sending, source_options(i, count))
                 for i, (count, sending) in enumerate(zip(
                     split(connections, workers), split(min(senders, connections), workers),
                     strict=True,

@@ -16,6 +16,11 @@ LOADGEN_BUSY = 90.0
 #: Saturation: a step passes while p99 stays under this and nearly all arrive.
 SATURATION_P99_MS = 500.0
 SATURATION_DELIVERED = 0.99
+#: Connections per source address: a load generator holding more spreads them
+#: over several (127.0.G.2, .3, ...). connect() searches for a free ephemeral
+#: port of the (source, destination) pair, and slows as they fill: ~17 us per
+#: connect at 5,000, ~440 us at 19,000 from one address (2026-12-07).
+CONNS_PER_SOURCE = 5_000
 
 
 # -- sizes -------------------------------------------------------------------
