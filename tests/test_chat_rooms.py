@@ -8,11 +8,16 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support.harness import Event, Harness
 
 from wsnet.chat.app import ChatApp
+from wsnet.chat.history import Ledger
+from wsnet.chat.presence import encoded_snapshot, snapshot_event
 from wsnet.chat.protocol import ChatError
 from wsnet.chat.rooms import ChatSettings
+from wsnet.chat.state import Member, Room
 
 
 def types(events: list[Event]) -> list[str]:
@@ -456,6 +461,32 @@ def test_rooms_crossing_the_limit_do_not_delay_another_rooms_count() -> None:
         h.connect(f"y{i}", room=f"fresh{i}")
         got += h.tick().get("a", [])
     assert {"type": "presence", "room": "big", "count": 2} in got
+
+
+_NAMES = st.text(st.sampled_from('ab"\\\u00e9\u4e2d \u0301<'), min_size=1, max_size=8)
+
+
+@given(st.lists(_NAMES, max_size=6), st.dictionaries(st.text(max_size=4), _NAMES, max_size=3),
+       st.booleans(), st.booleans())
+def test_the_encoded_snapshot_is_the_snapshot_event(
+    names: list[str], remote: dict[str, str], counting: bool, numbering: bool,
+) -> None:
+    """The join reply, built from each member's cached entry, says what
+    ``snapshot_event`` says."""
+    room = Room('r"1', 0, "e1", Ledger(10, 1 << 20, 1 << 20))
+    room.seq, room.counting, room.remote = 7, counting, dict(remote)
+    for i, name in enumerate(names):
+        room.members[Member(None, f"m{i}", name, False)] = None
+    assert json.loads(encoded_snapshot(room, numbering)) == snapshot_event(room, numbering)
+
+
+def test_a_joiner_sees_a_renamed_member_by_its_new_name() -> None:
+    h = Harness()
+    h.connect("a")
+    h.send("a", {"type": "nick", "name": "ann"})
+    h.tick()
+    snapshot = h.connect("b")[1]
+    assert snapshot["members"] == [{"id": "a", "name": "ann"}, {"id": "b", "name": "b"}]
 
 
 def test_a_very_large_room_hears_its_count_less_often() -> None:

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from wsnet.chat.backplane import Backplane
 from wsnet.chat.batch import Batch
-from wsnet.chat.presence import snapshot_event
+from wsnet.chat.presence import encoded_snapshot
 from wsnet.chat.protocol import ChatError, Join, encode_event
 from wsnet.chat.state import Member, Room
 from wsnet.chat.table import RoomTable
@@ -136,7 +136,7 @@ class Loading(Generic[P]):
             return
         self._catch_up(room, seq, history)
         if changed and not room.counting:
-            self._batch.emit(room, encode_event(snapshot_event(room, numbering=False)))
+            self._batch.emit(room, encoded_snapshot(room, numbering=False))
 
     def _first_load(
         self, room: Room, epoch: str, seq: int, history: list[tuple[int, str]],
@@ -167,7 +167,7 @@ class Loading(Generic[P]):
         self._table.load(room, history)
         room.seq = max(room.seq, seq)
         emit = self._batch.emit
-        emit(room, encode_event(snapshot_event(room)))
+        emit(room, encoded_snapshot(room))
         emit(room, encode_event({"type": "gap", "room": room.name, "since": since,
                                  "first": room.first_seq, "reset": True}))
         for _, data in room.history:

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 from wsnet.chat.batch import Batch
-from wsnet.chat.protocol import encode_event
+from wsnet.chat.protocol import encode_event, member_entry
 from wsnet.chat.settings import ChatSettings
 from wsnet.chat.state import Member, PresenceDiff, Room
 
-__all__ = ["Presence", "count_event", "person_event", "snapshot_event"]
+__all__ = ["Presence", "count_event", "encoded_snapshot", "person_event", "snapshot_event"]
 
 
 def person_event(kind: str, room: Room, member: Member[Any]) -> dict[str, Any]:
@@ -40,17 +40,34 @@ def count_event(room: Room) -> dict[str, Any]:
     return {"type": "presence", "room": room.name, "count": room.size}
 
 
+def _snapshot_head(room: Room, numbering: bool) -> dict[str, Any]:
+    head: dict[str, Any] = {"type": "presence", "room": room.name}
+    if numbering:
+        head["epoch"], head["seq"] = room.epoch, room.seq
+    head["count"] = room.size
+    return head
+
+
 def snapshot_event(room: Room, numbering: bool = True) -> dict[str, Any]:
     """The room as a joiner sees it: its numbering (``epoch``, ``seq``, unless
     only presence changed), its size and, unless counting, its members."""
-    snapshot: dict[str, Any] = {"type": "presence", "room": room.name}
-    if numbering:
-        snapshot["epoch"], snapshot["seq"] = room.epoch, room.seq
-    snapshot["count"] = room.size
+    snapshot = _snapshot_head(room, numbering)
     if not room.counting:
         snapshot["members"] = [{"id": m.id, "name": m.name} for m in room.members]
         snapshot["members"] += [{"id": i, "name": n} for i, n in room.remote.items()]
     return snapshot
+
+
+def encoded_snapshot(room: Room, numbering: bool = True) -> str:
+    """``snapshot_event`` encoded, its member list joined from the members'
+    ``entry`` strings: for a room of 100, a join of strings instead of a
+    hundred dicts through the JSON encoder for every joiner."""
+    head = encode_event(_snapshot_head(room, numbering))
+    if room.counting:
+        return head
+    entries = [m.entry for m in room.members]
+    entries += [member_entry(i, n) for i, n in room.remote.items()]
+    return f'{head[:-1]},"members":[{",".join(entries)}]}}'
 
 
 class Presence:
@@ -152,7 +169,7 @@ class Presence:
             room.count_due = self._next_count(room, now)
             if room.size <= self._limit:
                 room.counting = False
-                event = snapshot_event(room, numbering=False)
+                encoded = encoded_snapshot(room, numbering=False)
             else:
-                event = count_event(room)
-            self._batch.emit(room, encode_event(event))
+                encoded = encode_event(count_event(room))
+            self._batch.emit(room, encoded)

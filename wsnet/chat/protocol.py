@@ -325,6 +325,11 @@ def encode_event(event: Mapping[str, Any]) -> str:
     return _ENCODER.encode(event)
 
 
+def member_entry(ident: str, name: str) -> str:
+    """One member as presence snapshots list it, encoded: ``{"id":..,"name":..}``."""
+    return _ENCODER.encode({"id": ident, "name": name})
+
+
 def frame(events: list[str]) -> str:
     """A server frame: the JSON array of already encoded events."""
     return "[" + ",".join(events) + "]"

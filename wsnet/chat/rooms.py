@@ -24,7 +24,7 @@ from wsnet.chat.backplane import Backplane, LocalBackplane, new_epoch
 from wsnet.chat.batch import Batch, Frames
 from wsnet.chat.history import dedup_key
 from wsnet.chat.loading import CATCH_UP_WAIT, Loading
-from wsnet.chat.presence import Presence, person_event, snapshot_event
+from wsnet.chat.presence import Presence, encoded_snapshot, person_event
 from wsnet.chat.protocol import (
     ChatError,
     Command,
@@ -35,6 +35,7 @@ from wsnet.chat.protocol import (
     Typing,
     encode_event,
     frame,
+    member_entry,
     message_parts,
     parse_command,
 )
@@ -297,7 +298,7 @@ class Chat(Generic[P]):
         self._presence.changed(room, joined, "join", member.id, member.name)
         self._batch.skip_queued(member, room)
         personal = self._batch.personal(member)
-        personal.append(encode_event(snapshot_event(room)))
+        personal.append(encoded_snapshot(room))
         personal.extend(replay)
 
     def _leave(self, member: Member[P], name: str) -> None:
@@ -333,6 +334,7 @@ class Chat(Generic[P]):
             self.reply(member, ChatError("name_pinned", "your token fixes your name").event())
             return
         old, member.name = member.name, command.name
+        member.entry = member_entry(member.id, member.name)
         for room in member.rooms.values():
             event = person_event("nick", room, member)
             event["old"] = old

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from wsnet.chat.history import History, Ledger
-from wsnet.chat.protocol import Join
+from wsnet.chat.protocol import Join, member_entry
 from wsnet.tokens import Grant
 
 __all__ = ["Member", "PresenceDiff", "Publication", "Room"]
@@ -21,8 +21,8 @@ P = TypeVar("P")
 class Member(Generic[P]):
     """One connected client as the chat sees it."""
 
-    __slots__ = ("peer", "id", "name", "pinned", "grants", "default_room", "rooms", "personal",
-                 "skip", "stamp", "replayed", "joining", "typed", "gone")
+    __slots__ = ("peer", "id", "name", "entry", "pinned", "grants", "default_room", "rooms",
+                 "personal", "skip", "stamp", "replayed", "joining", "typed", "gone")
 
     def __init__(
         self, peer: P, ident: str, name: str, pinned: bool, grants: tuple[Grant, ...] = (),
@@ -30,6 +30,9 @@ class Member(Generic[P]):
         self.peer = peer
         self.id = ident
         self.name = name
+        #: ``member_entry(id, name)``, kept with the name: a room's member list
+        #: is joined from these instead of encoded afresh for every joiner.
+        self.entry = member_entry(ident, name)
         #: The name came from an auth token and cannot change.
         self.pinned = pinned
         #: The rooms its token grants (``access.room_access``).
