@@ -26,6 +26,7 @@ from loadgen import raise_nofile  # bench/ is not a package: from its folder
 
 from wsbench.report import chart, report, row_notices
 from wsbench.scale import scenario_scale
+from wsbench.scale_chart import chart_runs
 from wsbench.scenarios import (
     Row,
     scenario_broadcast,
@@ -81,6 +82,14 @@ def machine_info() -> dict[str, Any]:
 # -- main --------------------------------------------------------------------
 
 
+def redraw_scale_chart(files: list[Path], out: Path) -> int:
+    """``--scale-chart``: one chart of earlier scale runs, e.g. for the README."""
+    png = out / "scale-chart.png"
+    notice = chart_runs([json.loads(f.read_text()) for f in files], png)
+    print(f"notice: {notice}" if notice else f"chart: {png}")
+    return 1 if notice else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="wsnet benchmark: scenarios x servers")
     p.add_argument("--quick", action="store_true", help="every scenario at small scale (<2 min)")
@@ -108,11 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--scale-stall-window", type=float, help="(stall): seconds of sending")
     g.add_argument("--scale-stall-args", help="(stall): more wsnet options, space-separated "
                    "(e.g. --gc-freeze)")
+    g.add_argument("--scale-chart", metavar="JSON,...",
+                   help="run nothing: draw scale-chart.png in --out from these scale results")
     g = p.add_argument_group("the storm scenario (defaults: those of --quick or the full run)")
     g.add_argument("--storm-connections", help="connections of each storm, e.g. 20000,100000")
     g.add_argument("--storm-workers", type=int, help="--workers N of the node")
     g.add_argument("--storm-rate", type=float, help="msg/s per room of 100 meanwhile")
     args = p.parse_args(argv)
+    if args.scale_chart:
+        return redraw_scale_chart([Path(f) for f in args.scale_chart.split(",") if f], args.out)
     base = QUICK if args.quick else FULL
     big = base.big
     for option, name, convert in (
@@ -267,6 +280,13 @@ def run_all(
                            (f"{scenario}-{stamp}.md", markdown)):
             (args.out / name).write_text(text)
             written.append(args.out / name)
+        if scenario == "scale":
+            png = args.out / f"scale-{stamp}.png"
+            notice = chart_runs([own_results], png)
+            if notice:
+                print(f"notice: {notice}")
+            else:
+                written.append(png)
         if len(scenarios) == 1:
             print()
             print(markdown)
