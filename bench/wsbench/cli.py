@@ -26,7 +26,7 @@ from loadgen import raise_nofile  # bench/ is not a package: from its folder
 
 from wsbench.report import chart, report, row_notices
 from wsbench.scale import scenario_scale
-from wsbench.scale_chart import chart_runs
+from wsbench.scale_chart import chart_runs, latency_series
 from wsbench.scenarios import (
     Row,
     scenario_broadcast,
@@ -280,7 +280,7 @@ def run_all(
                            (f"{scenario}-{stamp}.md", markdown)):
             (args.out / name).write_text(text)
             written.append(args.out / name)
-        if scenario == "scale":
+        if scenario == "scale" and latency_series(own_results["scenarios"]["scale"]):
             png = args.out / f"scale-{stamp}.png"
             notice = chart_runs([own_results], png)
             if notice:
