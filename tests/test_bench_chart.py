@@ -1,5 +1,6 @@
-"""The scale chart's data, without drawing: which windows of a scale run
-become points, and under which label (bench/wsbench/scale_chart.py)."""
+"""How the benchmark judges and draws its targets, without running a load:
+which windows of a scale run become chart points (bench/wsbench/scale_chart.py),
+and the idle scenario's handshake target line (bench/wsbench/report.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 # bench/ is not a package: its modules are imported from its folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+from wsbench.report import handshake_target
 from wsbench.scale_chart import chart_runs, latency_series
+from wsbench.scenarios import Row
 
 
 def window(part: str, rate: float, p99: float | None, *, connections: int = 100_000,
@@ -50,3 +53,16 @@ def test_a_chart_is_drawn_when_matplotlib_is_there(tmp_path: Path) -> None:
                "scenarios": {"scale": [window("a", 0.25, 87.0), window("a", 1.0, 5000.0)]}}
     assert chart_runs([results], tmp_path / "c.png") is None
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_idle_report_judges_the_best_wsnet_handshake_rate() -> None:
+    def row(server: str, n: int, rate: float) -> Row:
+        return Row("idle", server, n, {"handshakes_per_s": rate})
+
+    rows = [row("wsnet", 1000, 6090), row("wsnet", 10_000, 6364), row("node-ws", 19_000, 8441)]
+    assert handshake_target(rows) == [
+        "Handshakes into one idle wsnet process (target >= 8,000/s): **not met** "
+        "(best 6,364/s, at 10,000 connections)."]
+    assert handshake_target([row("wsnet", 5000, 8100)])[0].startswith(
+        "Handshakes into one idle wsnet process (target >= 8,000/s): met (best 8,100/s")
+    assert handshake_target([row("node-ws", 5000, 9000)]) == []

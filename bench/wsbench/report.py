@@ -188,6 +188,22 @@ TITLES = {
 }
 
 
+#: The scale-out issue's target for handshakes into one idle wsnet process.
+TARGET_HANDSHAKES_PER_S = 8000
+
+
+def handshake_target(rows: list[Row]) -> list[str]:
+    """wsnet's best handshake rate over the idle sizes, judged by the target."""
+    ours = [r for r in rows if r.server == "wsnet" and r.values.get("handshakes_per_s")]
+    if not ours:
+        return []
+    best = max(ours, key=lambda r: r.values["handshakes_per_s"])
+    rate = best.values["handshakes_per_s"]
+    verdict = "met" if rate >= TARGET_HANDSHAKES_PER_S else "**not met**"
+    return [f"Handshakes into one idle wsnet process (target >= {TARGET_HANDSHAKES_PER_S:,}/s): "
+            f"{verdict} (best {rate:,.0f}/s, at {best.connections:,} connections)."]
+
+
 def store_cost(rows: list[Row]) -> list[str]:
     """The store against memory at each load, judged by the targets."""
     out = []
@@ -244,6 +260,8 @@ def report(results: dict[str, Any], rows: dict[str, list[Row]]) -> str:
                                         " (held every step: not saturated)")
                 for k, v in best.items()) or "none")]
         lines = ratios(scenario_rows, scenario)
+        if scenario == "idle":
+            lines += handshake_target(scenario_rows)
         if scenario == "deflate":
             lines += deflate_cost(scenario_rows, rows.get("broadcast", []))
         if scenario == "flush":
