@@ -595,7 +595,7 @@ def test_disconnects_leave_no_state_behind() -> None:
     ("field", "value"),
     [("history", -1), ("max_rooms_per_client", 0), ("presence_limit", -1),
      ("history_bytes", 1000), ("history_bytes", 1 << 30), ("count_interval", 0),
-     ("room_ttl", -1), ("max_idle_rooms", -1)],
+     ("count_frames", 0), ("room_ttl", -1), ("max_idle_rooms", -1)],
 )
 def test_settings_refuse_nonsense(field: str, value: float) -> None:
     fields: dict[str, Any] = {field: value}
