@@ -442,11 +442,16 @@ class Lifecycle:
         self._respond(link, response, request)
 
     def _respond(self, link: Link, response: Response, request: Request | None = None) -> None:
-        link.first = None
         self._log_request(link, request, response)
         head_only = request is not None and request.method == "HEAD"
-        link.ch.outbox.append(render_response(response, head_only=head_only))
+        self._last_answer(link, render_response(response, head_only=head_only))
+
+    def _last_answer(self, link: Link, data: bytes) -> None:
+        """Write ``data`` as the connection's last bytes, then close it once
+        they are out (or after ``close_timeout``)."""
+        link.first = None
         link.http = None
+        link.ch.outbox.append(data)
         link.enter(DONE)
         self._arm(link, self.config.close_timeout, Lifecycle.drop)
         self.reactor.close_after_drain(link.ch)
@@ -504,13 +509,8 @@ class Lifecycle:
         and a leave for the room to hear, for no one."""
         assert link.http is not None
         head, _ = link.http.switch(accept)
-        link.http = None
-        link.first = None
-        link.ch.outbox.append(head)
         self.metrics.upgrades_abandoned.value += 1
-        link.enter(DONE)
-        self._arm(link, self.config.close_timeout, Lifecycle.drop)
-        self.reactor.close_after_drain(link.ch)
+        self._last_answer(link, head)
 
     # -- WebSocket phase -----------------------------------------------------
 
