@@ -595,7 +595,8 @@ def test_disconnects_leave_no_state_behind() -> None:
     ("field", "value"),
     [("history", -1), ("max_rooms_per_client", 0), ("presence_limit", -1),
      ("history_bytes", 1000), ("history_bytes", 1 << 30), ("count_interval", 0),
-     ("count_frames", 0), ("room_ttl", -1), ("max_idle_rooms", -1)],
+     ("count_frames", 0), ("presence_storm_total_frames", -1), ("room_ttl", -1),
+     ("max_idle_rooms", -1)],
 )
 def test_settings_refuse_nonsense(field: str, value: float) -> None:
     fields: dict[str, Any] = {field: value}
@@ -696,3 +697,39 @@ def test_presence_storm_frames_zero_turns_diffs_off() -> None:
     h.tick()
     h.connect("late")
     assert presence_kinds(h.tick()["p0"]) == ["join"]
+
+
+def test_many_quiet_rooms_together_become_a_storm() -> None:
+    # Each room's joins stay under its own limit (13 frames a second), but
+    # all rooms together pass the worker's (15): later changes become diffs.
+    h = Harness(presence_storm_frames=13, presence_storm_total_frames=15,
+                presence_diff_interval=1.5)
+    for room in ("r1", "r2", "r3", "r4"):
+        h.connect(f"{room}a", room=room)
+        h.connect(f"{room}b", room=room)
+    h.clock.now += 2.0  # a quiet second: both windows start afresh
+    h.tick()
+    for room in ("r1", "r2", "r3", "r4"):
+        h.connect(f"{room}c", room=room)  # 3 frames per room: 12 in all
+    h.connect("r1d", room="r1")  # r1's 4 more (7, under 13) pass the 15
+    got = h.tick()
+    assert presence_kinds(got["r4a"]) == ["join"]
+    assert presence_kinds(got["r1a"]) == ["join"]  # c on its own; d waits for the diff
+    h.clock.now += 1.5
+    diff = [e for e in h.tick()["r1a"] if e["type"] == "presence_diff"]
+    assert diff == [{"type": "presence_diff", "room": "r1", "count": 4,
+                     "joined": [{"id": "r1d", "name": "r1d"}], "left": []}]
+
+
+def test_a_quiet_worker_keeps_single_events_below_the_total() -> None:
+    h = Harness(presence_storm_frames=13, presence_storm_total_frames=1000,
+                presence_diff_interval=1.5)
+    for room in ("r1", "r2", "r3", "r4"):
+        for peer in "abc":
+            h.connect(f"{room}{peer}", room=room)  # 1 + 2 + 3 frames per room
+    h.clock.now += 2.0
+    h.tick()
+    for room in ("r1", "r2", "r3", "r4"):
+        h.connect(f"{room}d", room=room)  # 4 frames each, 16 in all: under both
+    assert all(presence_kinds(got) == ["join"] for peer, got in h.tick().items()
+               if peer.endswith("a"))

@@ -14,7 +14,9 @@ local member: everyone reconnecting after a restart) hears its changes as one
 frame per member per interval rather than one per member per join. After an
 interval whose changes would have cost at most that many frames it goes back to
 single events. A small room keeps single events through ordinary churn; a room
-of 100 switches at a few changes a second.
+of 100 switches at a few changes a second. All rooms switch while the worker's
+changes together cost more than ``presence_storm_total_frames`` a second (many
+rooms, each with a join a second, as when 100,000 connect).
 ``Presence`` keeps these switches in one place for local and remote changes. Pure.
 """
 
@@ -83,6 +85,10 @@ class Presence:
         self._storm = settings.presence_storm_frames
         self._diff_interval = settings.presence_diff_interval
         self._diffs: set[Room] = set()  # rooms in a storm, gathering a diff
+        self._storm_total = settings.presence_storm_total_frames
+        self._all_since = float("-inf")  # this worker's one-second window...
+        self._all_frames = 0  # ...and what its presence changes cost in it
+        self._all_last = 0  # ...and in the window before (0 if long ago)
 
     def changed(self, room: Room, encoded: str, kind: str, ident: str, name: str) -> None:
         """A ``join``, ``leave`` or ``nick`` (``encoded``): members hear the
@@ -97,6 +103,7 @@ class Presence:
             self._batch.emit(room, encode_event(count_event(room)))
             room.count_due = self._next_count(room, self._timer())
         elif room.diff is not None:
+            self._count_all(len(room.members))
             room.diff.add(kind, ident, name, len(room.members))
         elif self._stormy(room):
             room.diff = PresenceDiff(self._timer() + self._diff_interval)
@@ -120,7 +127,24 @@ class Presence:
         if now - room.storm_since >= 1.0:
             room.storm_since, room.storm_frames = now, 0
         room.storm_frames += len(room.members)
-        return room.storm_frames > self._storm
+        self._count_all(len(room.members))
+        return room.storm_frames > self._storm or self._busy(now)
+
+    def _count_all(self, frames: int) -> None:
+        """Adds a change's frames to the worker's window (as single events,
+        whether or not its room is in a storm)."""
+        now = self._timer()
+        if now - self._all_since >= 1.0:
+            self._all_last = self._all_frames if now - self._all_since < 2.0 else 0
+            self._all_since, self._all_frames = now, 0
+        self._all_frames += frames
+
+    def _busy(self, now: float) -> bool:
+        """True while all rooms' changes cost more than
+        ``presence_storm_total_frames`` in the current or the last second."""
+        if not self._storm_total or now - self._all_since >= 2.0:
+            return False
+        return max(self._all_frames, self._all_last) > self._storm_total
 
     def _end_storm(self, room: Room) -> None:
         room.diff = None
@@ -159,7 +183,7 @@ class Presence:
             event = diff.event(room)
             if event is not None:
                 self._batch.emit(room, encode_event(event))
-            if diff.frames > self._storm:  # still a storm: the next diff
+            if diff.frames > self._storm or self._busy(now):  # still a storm: the next diff
                 room.diff = PresenceDiff(now + self._diff_interval)
             else:
                 self._end_storm(room)

@@ -37,6 +37,12 @@ class ChatSettings:
     #: restart of 100,000 clients in rooms of 100, back within 20 s, is 5
     #: joins a second per room), where diffs cut what its members are sent.
     presence_storm_frames: int = 200
+    #: ...or whose worker's presence events, all rooms together, would cost
+    #: more than this many frames in a second (0: no such limit). A mass
+    #: connect of 100,000 into rooms of 100 brings each room about one join a
+    #: second, 50-100 frames, under the room's limit, yet 50,000 frames a
+    #: second in all: at ~10 us a send, half of each worker's time went there.
+    presence_storm_total_frames: int = 5000
     #: Phoenix sends presence diffs at most every 1.5 s: a member list that is
     #: a second and a half behind during a storm, one frame instead of hundreds.
     presence_diff_interval: float = 1.5
@@ -65,6 +71,8 @@ class ChatSettings:
             raise ValueError("count_frames >= 1")
         if self.presence_storm_frames < 0 or not self.presence_diff_interval > 0:
             raise ValueError("presence_storm_frames >= 0, presence_diff_interval > 0")
+        if self.presence_storm_total_frames < 0:
+            raise ValueError("presence_storm_total_frames >= 0")
 
     @property
     def replay_budget(self) -> int:
