@@ -103,7 +103,7 @@ class Presence:
             self._batch.emit(room, encode_event(count_event(room)))
             room.count_due = self._next_count(room, self._timer())
         elif room.diff is not None:
-            self._count_all(len(room.members))
+            self._count_all(len(room.members), self._timer())
             room.diff.add(kind, ident, name, len(room.members))
         elif self._stormy(room):
             room.diff = PresenceDiff(self._timer() + self._diff_interval)
@@ -127,13 +127,12 @@ class Presence:
         if now - room.storm_since >= 1.0:
             room.storm_since, room.storm_frames = now, 0
         room.storm_frames += len(room.members)
-        self._count_all(len(room.members))
+        self._count_all(len(room.members), now)
         return room.storm_frames > self._storm or self._busy(now)
 
-    def _count_all(self, frames: int) -> None:
+    def _count_all(self, frames: int, now: float) -> None:
         """Adds a change's frames to the worker's window (as single events,
         whether or not its room is in a storm)."""
-        now = self._timer()
         if now - self._all_since >= 1.0:
             self._all_last = self._all_frames if now - self._all_since < 2.0 else 0
             self._all_since, self._all_frames = now, 0
