@@ -3,6 +3,7 @@ commands in, ``(peers, frame)`` batches out, on a fake clock."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from typing import Any
@@ -719,6 +720,33 @@ def test_many_quiet_rooms_together_become_a_storm() -> None:
     diff = [e for e in h.tick()["r1a"] if e["type"] == "presence_diff"]
     assert diff == [{"type": "presence_diff", "room": "r1", "count": 4,
                      "joined": [{"id": "r1d", "name": "r1d"}], "left": []}]
+
+
+def test_a_busy_worker_spaces_its_diffs_to_stay_within_the_total() -> None:
+    # Two rooms of 15 or more: a diff to both is 30 frames or more, so within
+    # the worker's 10 a second each room may hear one every 3 s, not 1.5 s.
+    h = Harness(presence_storm_frames=1000, presence_storm_total_frames=10,
+                presence_diff_interval=1.5)
+    for room in ("r1", "r2"):
+        for i in range(15):
+            h.connect(f"{room}-{i}", room=room)
+    for _ in range(3):  # the connects' own storm ends
+        h.clock.now += 5.0
+        h.tick()
+    diffs: list[tuple[float, Event]] = []
+    for step in range(100):  # 10 s with a join into each room every second
+        h.clock.now += 0.1
+        if step % 10 == 0:
+            h.connect(f"r1-new{step}", room="r1")
+            h.connect(f"r2-new{step}", room="r2")
+        diffs += [(h.clock.now, e) for e in h.tick().get("r1-0", [])
+                  if e["type"] == "presence_diff"]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(diffs)]
+    assert len(gaps) >= 2 and min(gaps) >= 3.0
+    h.clock.now += 10.0  # the storm is over: r1 has heard of every join
+    diffs += [(h.clock.now, e) for e in h.tick().get("r1-0", [])
+              if e["type"] == "presence_diff"]
+    assert diffs[-1][1]["count"] == 25
 
 
 def test_a_quiet_worker_keeps_single_events_below_the_total() -> None:

@@ -16,7 +16,8 @@ interval whose changes would have cost at most that many frames it goes back to
 single events. A small room keeps single events through ordinary churn; a room
 of 100 switches at a few changes a second. All rooms switch while the worker's
 changes together cost more than ``presence_storm_total_frames`` a second (many
-rooms, each with a join a second, as when 100,000 connect).
+rooms, each with a join a second, as when 100,000 connect), and then their diffs
+are spaced out so that they too cost at most that.
 ``Presence`` keeps these switches in one place for local and remote changes. Pure.
 """
 
@@ -106,9 +107,10 @@ class Presence:
             self._count_all(len(room.members), self._timer())
             room.diff.add(kind, ident, name, len(room.members))
         elif self._stormy(room):
-            room.diff = PresenceDiff(self._timer() + self._diff_interval)
-            room.diff.add(kind, ident, name, len(room.members))
             self._diffs.add(room)
+            now = self._timer()
+            room.diff = PresenceDiff(now + self._diff_spacing(now))
+            room.diff.add(kind, ident, name, len(room.members))
         else:
             self._batch.emit(room, encoded)
 
@@ -145,6 +147,16 @@ class Presence:
             return False
         return max(self._all_frames, self._all_last) > self._storm_total
 
+    def _diff_spacing(self, now: float) -> float:
+        """``presence_diff_interval``, or while the worker is busy long enough
+        that all its storming rooms' diffs (a frame per local member each) stay
+        within ``presence_storm_total_frames`` a second: 17,000 members hearing
+        a diff every 1.5 s would be 11,000 frames a second, twice the limit."""
+        if not self._busy(now):
+            return self._diff_interval
+        members = sum(len(r.members) for r in self._diffs)
+        return max(self._diff_interval, members / self._storm_total)
+
     def _end_storm(self, room: Room) -> None:
         room.diff = None
         self._diffs.discard(room)
@@ -176,14 +188,16 @@ class Presence:
         """Send each storm's diff when due, and tell each counting room its new
         size, at most once per interval; a room back under the limit gets its
         member list again."""
-        for room in [r for r in self._diffs if r.diff is not None and now >= r.diff.due]:
+        due = [r for r in self._diffs if r.diff is not None and now >= r.diff.due]
+        spacing = self._diff_spacing(now) if due else 0.0
+        for room in due:
             diff = room.diff
             assert diff is not None
             event = diff.event(room)
             if event is not None:
                 self._batch.emit(room, encode_event(event))
             if diff.frames > self._storm or self._busy(now):  # still a storm: the next diff
-                room.diff = PresenceDiff(now + self._diff_interval)
+                room.diff = PresenceDiff(now + spacing)
             else:
                 self._end_storm(room)
                 room.storm_since, room.storm_frames = now, 0

@@ -42,6 +42,8 @@ class ChatSettings:
     #: connect of 100,000 into rooms of 100 brings each room about one join a
     #: second, 50-100 frames, under the room's limit, yet 50,000 frames a
     #: second in all: at ~10 us a send, half of each worker's time went there.
+    #: While it is exceeded, diffs come less often than ``presence_diff_interval``
+    #: where needed to keep the worker's diff frames within it too.
     presence_storm_total_frames: int = 5000
     #: Phoenix sends presence diffs at most every 1.5 s: a member list that is
     #: a second and a half behind during a storm, one frame instead of hundreds.
