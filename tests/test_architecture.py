@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,38 @@ def test_the_same_error_outside_a_protocol_write_is_reported_at_once() -> None:
         reactor.flush()  # the tick's flush is the reactor's own call
         assert len(recorder.lost) == 1
     finally:
+        ours.close()
+        reactor.close_all()
+
+
+@pytest.mark.live
+@pytest.mark.skipif(sys.platform != "linux", reason="SIOCOUTQ is Linux's")
+def test_unacknowledged_is_what_a_peer_that_stopped_reading_left_queued() -> None:
+    recorder = Recorder()
+    reactor = Reactor(recorder, flush_interval=0.05, high_water=1 << 20)
+    listener = socket.create_server(("127.0.0.1", 0))
+    theirs = socket.create_connection(listener.getsockname()[:2])
+    ours, _ = listener.accept()
+    listener.close()
+    try:
+        ch = Channel(ours, recorder)
+        ours.sendall(b"x" * 1000)  # never read, but the peer's kernel acknowledges it
+        deadline = time.monotonic() + 5
+        while reactor.unacknowledged(ch) != 0:
+            assert time.monotonic() < deadline, reactor.unacknowledged(ch)
+            time.sleep(0.01)
+        ours.setblocking(False)
+        for _ in range(10_000):  # until its receive window and our buffer are full
+            try:
+                ours.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        queued = reactor.unacknowledged(ch)
+        assert queued is not None and queued > 0
+        ch.dead = True
+        assert reactor.unacknowledged(ch) is None
+    finally:
+        theirs.close()
         ours.close()
         reactor.close_all()
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -415,6 +416,68 @@ def test_keepalive_does_not_ping_a_client_that_keeps_talking(
     deadline = time.monotonic() + 2
     while chatty.recv_frame(max(0.01, deadline - time.monotonic())).opcode != OP_PING:
         pass  # the echoes still in flight; recv_frame fails at the deadline
+
+
+def _opcodes_while_a_peer_talks(
+    talker: RawClient, listener: RawClient, seconds: float,
+) -> list[int]:
+    """What ``listener`` receives while ``talker`` sends a message every 0.1 s,
+    up to its first ping (unanswered, it would soon be closed)."""
+    opcodes: list[int] = []
+    talk_until = time.monotonic() + seconds
+    while time.monotonic() < talk_until:
+        talker.send_text("news")
+        end = time.monotonic() + 0.1
+        while (left := end - time.monotonic()) > 0:
+            try:
+                opcodes.append(listener.recv_frame(left).opcode)
+            except TimeoutError:
+                break
+            if opcodes[-1] == OP_PING:
+                return opcodes
+    return opcodes
+
+
+def _forwarded_handshake(client: RawClient, port: int) -> None:
+    client.send(upgrade_request(port, extra_headers=[("X-Forwarded-For", "198.51.100.7")]))
+    status, _ = client.read_http_head()
+    assert status == 101
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="acknowledgements are read with SIOCOUTQ")
+def test_keepalive_does_not_ping_a_client_that_takes_what_it_is_sent(
+    inprocess_server: InProcessFactory, raw_client: RawClientFactory,
+) -> None:
+    server = inprocess_server(
+        ChatApp(), ping_interval=0.3, ping_timeout=0.3, flush_interval=0.01,
+    )
+    talker: RawClient = raw_client(server.port)
+    talker.handshake()
+    listener: RawClient = raw_client(server.port)  # reads everything, never writes
+    listener.handshake()
+    opcodes = _opcodes_while_a_peer_talks(talker, listener, 1.5)  # five intervals
+    assert OP_PING not in opcodes and opcodes.count(OP_TEXT) >= 10
+    # Sent nothing now: within an interval or two it is pinged.
+    deadline = time.monotonic() + 2
+    while listener.recv_frame(max(0.01, deadline - time.monotonic())).opcode != OP_PING:
+        pass
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="acknowledgements are read with SIOCOUTQ")
+def test_keepalive_pings_a_client_behind_a_trusted_proxy_however_much_it_takes(
+    inprocess_server: InProcessFactory, raw_client: RawClientFactory,
+) -> None:
+    # The proxy's TCP acknowledges what we send, whatever became of the client.
+    server = inprocess_server(
+        ChatApp(), ping_interval=0.3, ping_timeout=0.3, flush_interval=0.01,
+        forwarded_allow_ips=("127.0.0.1",),
+    )
+    talker: RawClient = raw_client(server.port)
+    _forwarded_handshake(talker, server.port)
+    listener: RawClient = raw_client(server.port)
+    _forwarded_handshake(listener, server.port)
+    opcodes = _opcodes_while_a_peer_talks(talker, listener, 1.5)
+    assert opcodes[-1] == OP_PING and OP_TEXT in opcodes[:-1]
 
 
 def test_keepalive_keeps_a_client_that_answers_pings(inprocess_server: InProcessFactory) -> None:

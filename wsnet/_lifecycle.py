@@ -113,7 +113,8 @@ class Link:
     __slots__ = (
         "lifecycle", "ch", "conn", "phase", "http", "pending", "session", "deadline",
         "on_deadline", "bucket",
-        "over_limit", "started", "bytes_in", "messages_in", "path", "via", "heard", "first",
+        "over_limit", "started", "bytes_in", "messages_in", "path", "via", "heard", "told",
+        "first",
     )
 
     def __init__(
@@ -141,6 +142,8 @@ class Link:
         self.via: tuple[str, int] | None = None
         #: ``bytes_in`` when keepalive last looked: more since means the peer is alive.
         self.heard = 0
+        #: Bytes sent to it when keepalive last looked (``Lifecycle._acknowledged``).
+        self.told = 0
         #: Every byte read before the first answer, while this connection may still
         #: be handed to the worker that owns its key (``_placement``); else None.
         self.first: bytes | None = b"" if lifecycle.board is not None else None
@@ -643,13 +646,27 @@ class Lifecycle:
         session = link.session
         if link.phase is not OPEN or session is None:
             return
-        if link.bytes_in != link.heard:
+        if link.bytes_in != link.heard or self._acknowledged(link):
             link.heard = link.bytes_in
             self._arm(link, self.config.ping_interval, Lifecycle._ping)
             return
         session.ping(b"wsnet")
         self.reactor.mark_dirty(link.ch)
         self._arm(link, self.config.ping_timeout, Lifecycle._check_pong)
+
+    def _acknowledged(self, link: Link) -> bool:
+        """Whether we sent the client something since keepalive last looked
+        and its TCP has acknowledged all of it: its host is up and the path
+        open, which is what a pong would show, without the ping and the pong
+        (at 100,000 clients each hearing a message a second, 5,000 of each a
+        second). Not through a trusted proxy: its acknowledgement speaks only
+        for the proxy."""
+        outbox = link.ch.outbox
+        told = outbox.queued - outbox.nbytes
+        if told == link.told or link.via is not None:
+            return False
+        link.told = told
+        return self.reactor.unacknowledged(link.ch) == 0
 
     def _check_pong(self, link: Link) -> None:
         session = link.session
@@ -663,6 +680,7 @@ class Lifecycle:
             self._after_websocket(link)
             return
         link.heard = link.bytes_in  # the pong itself is not news
+        link.told = link.ch.outbox.queued - link.ch.outbox.nbytes  # nor the ping
         self._arm(link, max(0.0, cfg.ping_interval - cfg.ping_timeout), Lifecycle._ping)
 
     def drop(self, link: Link) -> None:

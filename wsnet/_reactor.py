@@ -48,6 +48,14 @@ _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 _ACCEPT_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: accept() failures about one connection that died in the queue: skip it.
 _ACCEPT_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+#: ioctl asking a TCP socket for the bytes its peer has not acknowledged yet
+#: (SIOCOUTQ, which is TIOCOUTQ's number): Linux only, None elsewhere.
+_OUTQ: int | None = None
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    _OUTQ = termios.TIOCOUTQ
 
 
 class Reactor:
@@ -200,6 +208,17 @@ class Reactor:
                 self._write(ch)
             finally:
                 self._in_protocol_write = nested
+
+    def unacknowledged(self, ch: Channel) -> int | None:
+        """Bytes written to the socket that the peer's TCP has not acknowledged
+        yet (sent or not); None where the kernel will not say."""
+        if _OUTQ is None or ch.dead:
+            return None
+        try:
+            raw = fcntl.ioctl(ch.sock.fileno(), _OUTQ, bytes(4))
+        except OSError:
+            return None
+        return int.from_bytes(raw, sys.byteorder, signed=True)
 
     def peer_gone(self, ch: Channel) -> bool:
         """Whether the peer has closed its side already (its EOF or reset waits
