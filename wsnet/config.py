@@ -127,8 +127,10 @@ class Config:
     #: nothing (one that talks is alive: pinging it would only cost frames) and
     #: took nothing either (on Linux, data we sent it that its TCP acknowledged
     #: in full shows its host up as well as a pong would; not through a proxy
-    #: in forwarded_allow_ips, whose acknowledgements are its own), and a close
-    #: (1011) if no pong arrives within ping_timeout. 0 disables it.
+    #: in forwarded_allow_ips, whose acknowledgements are its own; a peer that
+    #: vanishes right after such an interval is then found one interval
+    #: later), and a close (1011) if no pong arrives within ping_timeout.
+    #: 0 disables it.
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     #: How long we wait for the peer's close frame, and then for its FIN, before
