@@ -661,8 +661,7 @@ class Lifecycle:
         (at 100,000 clients each hearing a message a second, 5,000 of each a
         second). Not through a trusted proxy: its acknowledgement speaks only
         for the proxy."""
-        outbox = link.ch.outbox
-        told = outbox.queued - outbox.nbytes
+        told = link.ch.outbox.written
         if told == link.told or link.via is not None:
             return False
         link.told = told
@@ -680,7 +679,7 @@ class Lifecycle:
             self._after_websocket(link)
             return
         link.heard = link.bytes_in  # the pong itself is not news
-        link.told = link.ch.outbox.queued - link.ch.outbox.nbytes  # nor the ping
+        link.told = link.ch.outbox.written  # nor the ping
         self._arm(link, max(0.0, cfg.ping_interval - cfg.ping_timeout), Lifecycle._ping)
 
     def drop(self, link: Link) -> None:
@@ -714,7 +713,7 @@ class Lifecycle:
             "peer": _peer(link), "path": link.path,
             "duration": round(self.reactor.clock() - link.started, 3),
             "bytes_in": link.bytes_in, "messages_in": link.messages_in,
-            "bytes_out": outbox.queued - outbox.nbytes, "messages_out": outbox.frames,
+            "bytes_out": outbox.written, "messages_out": outbox.frames,
             "close": code if code is not None else 1006,
         }
         if link.via is not None:

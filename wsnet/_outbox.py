@@ -26,6 +26,11 @@ class Outbox:
     def __bool__(self) -> bool:
         return self.nbytes > 0
 
+    @property
+    def written(self) -> int:
+        """Bytes ever handed to the kernel (or dropped by ``discard``)."""
+        return self.queued - self.nbytes
+
     def append(self, data: bytes) -> None:
         if data:
             self.chunks.append(data)
