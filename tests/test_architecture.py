@@ -329,6 +329,34 @@ def test_unacknowledged_is_what_a_peer_that_stopped_reading_left_queued() -> Non
         reactor.close_all()
 
 
+@pytest.mark.live
+def test_queued_bytes_counts_what_waits_for_the_flush_or_for_the_peer() -> None:
+    recorder = Recorder()
+    reactor = Reactor(recorder, flush_interval=0.05, high_water=64 << 20)
+    listener = socket.create_server(("127.0.0.1", 0))
+    theirs = socket.create_connection(listener.getsockname()[:2])
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours, _ = listener.accept()
+    listener.close()
+    try:
+        ours.setblocking(False)
+        ch = Channel(ours, recorder)
+        frame = b"x" * 65536
+        for _ in range(200):  # 12.5 MiB: more than the kernel takes from one write
+            ch.outbox.append(frame)
+        reactor.mark_dirty(ch)
+        assert reactor.queued_bytes() == 200 * 65536  # waiting for the flush
+        reactor.flush()  # the peer reads nothing: the kernel takes part of it
+        assert ch.blocked
+        assert 0 < reactor.queued_bytes() == ch.outbox.nbytes < 200 * 65536
+        reactor.close(ch)  # dropped with the connection, whatever it held
+        assert reactor.queued_bytes() == 0
+    finally:
+        theirs.close()
+        ours.close()
+        reactor.close_all()
+
+
 def _readme_module_table() -> set[str]:
     """The first-column names of README's module table ("How it works")."""
     text = (REPO / "README.md").read_text()

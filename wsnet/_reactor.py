@@ -86,6 +86,10 @@ class Reactor:
         self._acceptor: _Acceptor | None = None
         self._handoff: _Handoff | None = None
         self._dirty: list[Channel] = []
+        #: Channels the kernel refused part of a write (``ch.blocked``): with
+        #: the dirty and the soon ones, the only channels whose outboxes hold
+        #: anything (``queued_bytes``).
+        self._blocked: set[Channel] = set()
         self._soon: list[Channel] = []  # written at the end of this loop turn
         self._in_protocol_write = False
 
@@ -209,6 +213,14 @@ class Reactor:
             finally:
                 self._in_protocol_write = nested
 
+    def queued_bytes(self) -> int:
+        """Bytes in outboxes not yet written. Only channels waiting for the
+        flush, the end of this turn or writability hold any, so this costs
+        O(those), not O(connections): at 17,000 connections a worker's
+        once-a-second sum over all of them was 2-8 % of its samples."""
+        waiting = self._blocked.union(self._dirty, self._soon)
+        return sum(ch.outbox.nbytes for ch in waiting)
+
     def unacknowledged(self, ch: Channel) -> int | None:
         """Bytes written to the socket that the peer's TCP has not acknowledged
         yet (sent or not); None where the kernel will not say."""
@@ -296,6 +308,7 @@ class Reactor:
                         # Waiting for writability would spin: read (whatever the
                         # backlog) and retry at the next flush.
                         ch.blocked = False
+                        self._blocked.discard(ch)
                         self._watch(ch, READ)
                         self.mark_dirty(ch)
                         return
@@ -310,7 +323,12 @@ class Reactor:
             except OSError as exc:
                 self._lost(ch, exc)
                 return
-        ch.blocked = bool(box)
+        if box:
+            ch.blocked = True
+            self._blocked.add(ch)
+        else:
+            ch.blocked = False
+            self._blocked.discard(ch)
         if not box and ch.linger:
             self._shutdown_write(ch)
         else:
@@ -381,6 +399,7 @@ class Reactor:
             ch.mask = 0
         ch.sock.close()
         ch.outbox.discard()
+        self._blocked.discard(ch)
 
     # -- flushing ------------------------------------------------------------
 
@@ -412,6 +431,7 @@ class Reactor:
                     continue
                 box.consume(sent)
                 ch.blocked = True
+                self._blocked.add(ch)
                 self._update_mask(ch)
                 continue
             try:

@@ -154,7 +154,7 @@ class Server:
         lifecycle = self._lifecycle
         metrics = lifecycle.metrics
         metrics.connections.value = lifecycle.open
-        metrics.outbox_bytes.value = sum(link.ch.outbox.nbytes for link in lifecycle.links)
+        metrics.outbox_bytes.value = self._reactor.queued_bytes()
         metrics.uptime.value = round(time.monotonic() - self._started, 3)
         return metrics.families()
 
