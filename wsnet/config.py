@@ -54,14 +54,15 @@ class Config:
     access_log: bool = True
     #: After a burst of new WebSockets (1,000 of them, then a quiet second),
     #: move every object the collector tracks to its permanent generation
-    #: (``gc.freeze``): a full collection over 15,000 idle chat connections took
-    #: 180-200 ms here, a stall every client sees, and 0 ms after a freeze.
-    #: wsnet's own records hold no reference cycles, so refcounting still frees
-    #: them; a cycle the application makes and then drops after a freeze is
-    #: never collected. A process-wide setting, and off by default: in one
-    #: end-to-end run each (18,000 connections, 1 msg/s per room) the largest
-    #: latency was 204 ms with it and 107 ms without, so its worth is not shown
-    #: yet (``--gc-freeze``).
+    #: (``gc.freeze``), so that full collections stop walking them. wsnet's own
+    #: records hold no reference cycles, so refcounting still frees them; a
+    #: cycle the application makes and then drops after a freeze is never
+    #: collected. Off by default, because below overload there is little left
+    #: for it to do: full collections run only when a process gains many
+    #: long-lived objects, and at 100,000 connections over six workers at half
+    #: the target load they ran none in 90 s (2026-12-08). An overloaded worker,
+    #: whose outboxes grow, does run them (four of ~0.9 s in 33 s); a freeze
+    #: removes those but not the queueing delay (``--gc-freeze``).
     gc_freeze: bool = False
     #: Largest body of a plain request (the chat's HTTP API takes JSON): past
     #: it, 413 before the body is read, or as soon as a chunked one grows past.
