@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 import wsnet
 from wsnet._channel import Channel
 from wsnet._lifecycle import TRANSITIONS, Phase
-from wsnet._reactor import Reactor
+from wsnet._reactor import Reactor, handoff_pairs
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "wsnet"
@@ -355,6 +357,50 @@ def test_queued_bytes_counts_what_waits_for_the_flush_or_for_the_peer() -> None:
         theirs.close()
         ours.close()
         reactor.close_all()
+
+
+@pytest.mark.live
+def test_a_hand_off_to_a_worker_whose_queue_is_full_fails_at_once() -> None:
+    """Workers hand connections to each other; one blocked sending to another
+    that is itself sending would stop the node, so a full queue means "serve it
+    here" (False), never a wait."""
+    recorder = Recorder()
+    reactor = Reactor(recorder, flush_interval=0.05, high_water=1 << 20)
+    pairs = handoff_pairs(2)
+    reactor.take_handoffs(os.dup(pairs[0][0].fileno()), [os.dup(out.fileno()) for _, out in pairs])
+    listener = socket.create_server(("127.0.0.1", 0))
+    theirs = socket.create_connection(listener.getsockname()[:2])
+    ours, _ = listener.accept()
+    listener.close()
+    request = b"GET /?room=r2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    results: list[bool] = []
+
+    def hand_over() -> None:  # to slot 2, whose inbox nobody reads
+        for _ in range(10_000):
+            ch = Channel(socket.socket(fileno=os.dup(ours.fileno())), recorder)
+            results.append(reactor.hand_off(ch, 2, request))
+            if not results[-1]:
+                ch.sock.close()
+                return
+
+    try:
+        sender = threading.Thread(target=hand_over, daemon=True)
+        sender.start()
+        sender.join(10)
+        assert not sender.is_alive(), f"hand_off blocked after {len(results)} hand-offs"
+        assert results[-1] is False and len(results) > 1 and all(results[:-1])
+        # What did go is whole: the request, and a descriptor of the same connection.
+        data, fds, _, _ = socket.recv_fds(pairs[1][0], 65536, 1)
+        assert data == request and len(fds) == 1
+        with socket.socket(fileno=fds[0]) as handed:
+            assert handed.getpeername() == theirs.getsockname()
+    finally:
+        theirs.close()
+        ours.close()
+        reactor.close_all()
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
 
 
 def _readme_module_table() -> set[str]:

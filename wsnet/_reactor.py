@@ -18,6 +18,7 @@ client costs one socket and a timer, never a stalled loop.
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import os
@@ -569,9 +570,12 @@ class _Handoff:
     def send(self, slot: int, ch: Channel, data: bytes) -> bool:
         if len(data) > HANDOFF_MAX_BYTES or not 1 <= slot <= len(self._outboxes):
             return False
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [ch.sock.fileno()]))]
         try:
-            socket.send_fds(self._outboxes[slot - 1], [data], [ch.sock.fileno()],
-                            socket.MSG_DONTWAIT)
+            # Not socket.send_fds: CPython 3.11's ignores its flags argument,
+            # and a blocking send here is a node-wide deadlock (each worker stuck
+            # sending to another whose queue is full while it sends to us).
+            self._outboxes[slot - 1].sendmsg([data], rights, socket.MSG_DONTWAIT)
         except OSError as exc:  # EAGAIN: its queue is full; anything else: same answer
             log.debug("hand-off to worker %d failed: %s", slot, exc)
             return False
